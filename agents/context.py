@@ -1,0 +1,116 @@
+"""What the LLM is told: a stable system prompt, and per turn the passages retrieved for the
+user's words.
+
+Cache-friendly by construction: the system prompt never changes within a process, and each
+turn only *appends* to the conversation (the passages ride in the user's message, and a passage
+already given earlier in the conversation is not repeated). The embedded llama.cpp then reuses
+its KV cache for everything before the new message and prefills only the new tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from pipecat.frames.frames import Frame, LLMContextFrame
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from agents.rag.retrieve import Hit, Retriever
+
+log = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = (
+    "You are the voice assistant answering the phone for the business described in the facts you "
+    "are given. Your words are spoken aloud, so answer in one or two short, friendly sentences of "
+    "plain words: no lists, no markdown, no emoji. Answer only from the facts given with the "
+    "caller's message; if they do not contain the answer, say you are not sure and offer to take "
+    "a message. Never invent hours, prices or policies."
+)
+FACTS_HEADER = "Facts from the knowledge base:"
+NO_NEW_FACTS = "(No new facts: use the ones given earlier in this conversation.)"
+QUESTION_HEADER = "Caller:"
+
+
+def user_message(question: str, hits: list[Hit], already_given: set[str]) -> tuple[str, list[str]]:
+    """The user message for one turn and the keys of the passages it adds."""
+    new = [h for h in hits if passage_key(h) not in already_given]
+    facts = "\n\n".join(f"[{h.heading}]\n{h.text.strip()}" for h in new) if new else NO_NEW_FACTS
+    return f"{FACTS_HEADER}\n{facts}\n\n{QUESTION_HEADER} {question}", [passage_key(h) for h in new]
+
+
+def passage_key(hit: Hit) -> str:
+    return f"{hit.source}#{hit.heading}#{hash(hit.text)}"
+
+
+class KnowledgeContextProcessor(FrameProcessor):
+    """Between the user aggregator and the LLM: retrieves passages for the user's latest words
+    and writes them into that message, so the LLM answers from the knowledge base."""
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        top_k: int,
+        on_start: Callable[[], None] | None = None,
+        on_end: Callable[[], None] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._retriever = retriever
+        self._top_k = top_k
+        self._given: set[str] = set()
+        self._last_added: list[str] = []
+        self._on_start = on_start
+        self._on_end = on_end
+
+    def forget_last(self) -> None:
+        """The last grounded message was withdrawn: its passages count as not given."""
+        self._given.difference_update(self._last_added)
+        self._last_added = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, LLMContextFrame) and direction == FrameDirection.DOWNSTREAM:
+            await self._ground(frame)
+        await self.push_frame(frame, direction)
+
+    async def _ground(self, frame: LLMContextFrame) -> None:
+        messages = frame.context.get_messages()
+        if not messages or messages[-1].get("role") != "user":
+            return
+        last = messages[-1]
+        content = last.get("content")
+        if not isinstance(content, str) or content.startswith(FACTS_HEADER):
+            return  # already grounded (e.g. a re-run of the same turn)
+        if self._on_start:
+            self._on_start()
+        try:
+            hits = await asyncio.to_thread(self._retriever.search, content, self._top_k)
+        except Exception:  # noqa: BLE001 - an answer without facts beats no answer
+            log.exception("retrieval failed; answering without passages")
+            hits = []
+        text, keys = user_message(content, hits, self._given)
+        self._given.update(keys)
+        self._last_added = keys
+        # In place: the stored history keeps the facts, so the next turn's prompt extends this one.
+        last["content"] = text
+        if self._on_end:
+            self._on_end()
+
+
+def merge_continued_turn(messages: list[dict], first_text: str) -> str | None:
+    """The user went on speaking before hearing any answer: fold the turn they continued and the
+    new words into one user message, so the agent answers the whole question, not the fragment.
+
+    `messages` is the live history; its last two entries are the earlier (grounded) user message and
+    the new one. Returns the merged text, or None when the history doesn't end that way.
+    """
+    if len(messages) < 2 or messages[-1].get("role") != "user" or messages[-2].get("role") != "user":
+        return None
+    new_text = messages[-1].get("content")
+    if not isinstance(new_text, str):
+        return None
+    merged = f"{first_text.strip()} {new_text.strip()}".strip()
+    del messages[-2:]
+    messages.append({"role": "user", "content": merged})
+    return merged

@@ -1,0 +1,104 @@
+"""LLM endpoints: the embedded llama.cpp model, or any OpenAI-compatible server.
+
+The embedded model runs in-process through xllamacpp, which also serves llama.cpp's own
+OpenAI-compatible HTTP API on a loopback port. Parley then talks to it exactly as it talks to
+vLLM, Ollama or a hosted API, so there is one client code path and switching is configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODEL_NAME = "parley-embedded"  # llama.cpp ignores the name; it shows in traces
+# Whole-prompt matches: a session's slot keeps its system prompt and history in the KV cache, so
+# each turn only prefills the new passages and question (0.1 s instead of 0.7 s on 2 cores).
+SLOT_PROMPT_SIMILARITY = 0.1
+LOAD_TIMEOUT_S = 120  # a 0.5 GB GGUF loads in ~2 s here; a big one from a slow disk may take a while
+
+
+@dataclass(frozen=True)
+class LLMEndpoint:
+    """Where the chat completions come from."""
+
+    base_url: str  # ends in /v1
+    model: str
+    api_key: str
+    embedded: bool = False
+
+
+class EmbeddedLLM:
+    """llama.cpp in this process, reachable over loopback HTTP with a per-process secret key."""
+
+    def __init__(self, server, endpoint: LLMEndpoint, gguf: Path):
+        self._server = server  # keeps the native server alive
+        self.endpoint = endpoint
+        self.gguf = gguf
+
+    @classmethod
+    def start(
+        cls,
+        gguf: Path,
+        threads: int = 2,
+        context_tokens: int = 4096,
+        parallel: int = 4,
+        gpu_layers: int | None = None,
+    ) -> EmbeddedLLM:
+        """Load the GGUF and start serving. Blocking: call in a thread."""
+        import xllamacpp
+
+        start = time.monotonic()
+        params = xllamacpp.CommonParams()
+        params.model.path = str(gguf)
+        params.n_parallel = parallel
+        # n_ctx is shared by the slots: each session's slot gets context_tokens.
+        params.n_ctx = context_tokens * parallel
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.port = 0  # any free loopback port
+        params.cache_prompt = True
+        params.slot_prompt_similarity = SLOT_PROMPT_SIMILARITY
+        if gpu_layers is None:
+            gpu_layers = 999 if _has_gpu(xllamacpp) else 0
+        params.n_gpu_layers = gpu_layers
+        # The loopback port is reachable by any local process and by browser pages (llama.cpp
+        # allows all CORS origins): a random key keeps it ours.
+        key = secrets.token_urlsafe(24)
+        params.api_keys = [key]
+        server = xllamacpp.Server(params)
+        base = server.listening_address.rstrip("/")
+        endpoint = LLMEndpoint(f"{base}/v1", EMBEDDED_MODEL_NAME, key, embedded=True)
+        log.info("embedded LLM %s on %s in %.2fs", gguf.name, base, time.monotonic() - start)
+        return cls(server, endpoint, gguf)
+
+
+def _has_gpu(xllamacpp) -> bool:
+    try:
+        return any(d.get("name", "").upper() != "CPU" for d in xllamacpp.get_device_info())
+    except Exception:  # noqa: BLE001 - device probing must never stop start-up
+        return False
+
+
+def make_llm_stage(endpoint: LLMEndpoint, system_prompt: str, max_tokens: int, temperature: float):
+    """The pipeline's LLM stage: pipecat's OpenAI-compatible streaming service on `endpoint`.
+
+    On an interruption pipecat cancels the stage's task, which closes the HTTP stream; llama.cpp
+    (and vLLM, Ollama) stop generating when the client goes away.
+    """
+    from pipecat.services.openai.llm import OpenAILLMService
+
+    return OpenAILLMService(
+        api_key=endpoint.api_key or "none",  # the SDK insists on a key; local servers ignore it
+        base_url=endpoint.base_url,
+        settings=OpenAILLMService.Settings(
+            model=endpoint.model,
+            system_instruction=system_prompt,
+            temperature=temperature,
+            max_completion_tokens=max_tokens,
+        ),
+    )

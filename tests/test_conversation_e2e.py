@@ -1,0 +1,96 @@
+"""End to end, with the real default models: a caller asks the demo business a question over
+/ws, by voice and by text, and gets the right fact back, spoken."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clients.talk import talk
+from tests.conftest import speak
+from voice import models
+from voice.audio import resample_pcm16
+from voice.stt import WHISPER_SAMPLE_RATE, WhisperEngine
+
+pytestmark = pytest.mark.e2e
+
+QUESTIONS = {
+    q["id"]: q
+    for q in json.loads((models.Path(__file__).parent.parent / "benchmarks" / "questions.json").read_text())
+}
+EVERY_STAGE = ("endpoint", "stt", "rag", "llm_ttft", "tts_ttfa", "voice_to_voice")
+
+
+@pytest.fixture(scope="module")
+def whisper() -> WhisperEngine:
+    """A second Whisper in the test process, to hear what the agent really said."""
+    return WhisperEngine.load(models.ensure("whisper-base"))
+
+
+def question(fragment: str) -> dict:
+    return next(q for q in QUESTIONS.values() if fragment.lower() in q["question"].lower())
+
+
+def states_fact(text: str, q: dict) -> bool:
+    lowered = text.lower()
+    return any(expected in lowered for expected in q["expect_any"])
+
+
+def heard(whisper: WhisperEngine, pcm: bytes, rate: int) -> str:
+    return whisper.transcribe_pcm16(resample_pcm16(pcm, rate, WHISPER_SAMPLE_RATE)).text
+
+
+async def test_spoken_question_gets_the_right_fact_spoken_back(server, whisper):
+    q = question("open on Saturday")
+    result = await talk(server.ws_url, speak(q["question"]), 16000, silence_s=4.0, timeout_s=60)
+
+    assert not result.of("error"), result.of("error")
+    assert "saturday" in result.transcript.lower(), f"transcript was {result.transcript!r}"
+    assert states_fact(result.agent_text, q), f"agent said {result.agent_text!r}"
+    assert len(result.of("user.transcript")) == 1, "the question must be one turn"
+    assert result.of("agent.audio_done"), "the answer's audio must be announced as complete"
+
+    spoken = heard(whisper, bytes(result.audio), result.output_sample_rate)
+    assert states_fact(spoken, q), f"the reply audio says {spoken!r}"
+
+    (trace,) = result.of("turn.trace")
+    for stage in EVERY_STAGE:
+        assert trace["stages_ms"].get(stage, -1) >= 0, f"{stage} missing from {trace}"
+    assert trace["stages_ms"]["voice_to_voice"] >= trace["stages_ms"]["endpoint"]
+
+
+async def test_typed_question_gets_the_right_fact_spoken_back(server, whisper):
+    q = question("basic tune-up")
+    result = await talk(server.ws_url, b"", 16000, text=q["question"], timeout_s=60)
+
+    assert not result.of("error"), result.of("error")
+    assert result.transcript == q["question"]
+    assert states_fact(result.agent_text, q), f"agent said {result.agent_text!r}"
+    spoken = heard(whisper, bytes(result.audio), result.output_sample_rate)
+    assert states_fact(spoken, q), f"the reply audio says {spoken!r}"
+    (trace,) = result.of("turn.trace")
+    for stage in ("rag", "llm_ttft", "tts_ttfa", "voice_to_voice"):
+        assert trace["stages_ms"].get(stage, -1) >= 0, f"{stage} missing from {trace}"
+
+
+async def test_a_short_pause_inside_a_question_keeps_it_one_turn(server):
+    q = question("open on Saturday")
+    pcm = speak("Hi there.") + bytes(int(0.45 * 16000) * 2) + speak("What time do you open on Saturday?")
+    result = await talk(server.ws_url, pcm, 16000, silence_s=4.0, timeout_s=60)
+
+    transcripts = result.of("user.transcript")
+    assert {t["turn_id"] for t in transcripts} == {1}, f"split into turns: {transcripts}"
+    final = transcripts[-1]["text"].lower()
+    assert "hi there" in final and "saturday" in final, f"the turn's text is {final!r}"
+    assert not result.of("agent.interrupted"), "nothing was said yet, so nothing was interrupted"
+    assert states_fact(result.agent_text, q), f"agent said {result.agent_text!r}"
+
+
+async def test_audio_at_48khz_is_understood(server):
+    result = await talk(
+        server.ws_url, speak("What time do you open on Saturday?", 48000), 48000, silence_s=4.0, timeout_s=60
+    )
+    assert "saturday" in result.transcript.lower(), f"transcript was {result.transcript!r}"
+    assert np.frombuffer(bytes(result.audio), dtype="<i2").size > 0

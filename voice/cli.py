@@ -1,0 +1,143 @@
+"""The `parley` command: serve, talk, models, ingest."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from voice import models
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    if args.ensure:
+        try:
+            for key in models.CATALOGUE:
+                models.ensure(key, progress=sys.stderr.isatty())
+        except models.ModelError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    rows = models.status()
+    print(f"{'model':<24}{'role':<12}{'size':>9}  {'state':<14}{'licence':<12}  path")
+    for row in rows:
+        if args.verify and row.verified:
+            ok = models.verify(row.key)
+            state = "verified" if ok else "CORRUPT"
+        elif row.verified:
+            state = "ready"
+        elif row.carriers_installed:
+            state = "not assembled"
+        else:
+            state = "carrier missing"
+        licence = row.licence.split(" ")[0]
+        print(
+            f"{row.key:<24}{row.role:<12}{row.size_bytes / 1e6:>7.0f}MB  {state:<14}{licence:<12}  {row.path}"
+        )
+    for key, rel in (("silero-vad", "audio/vad/data/silero_vad.onnx"),):
+        try:
+            path = models.bundled_pipecat_file(rel)
+            print(
+                f"{key:<24}{'vad':<12}{path.stat().st_size / 1e6:>7.1f}MB  {'bundled':<14}{'MIT':<12}  {path}"
+            )
+        except models.ModelError as exc:
+            print(f"{key:<24}{'vad':<12}{'-':>9}  {'missing':<14}  {exc}")
+    missing = [r.key for r in rows if not r.verified]
+    if missing and not args.ensure:
+        print(f"\n{len(missing)} model(s) not ready: run `parley models --ensure` (or `make setup`).")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from voice.config import Settings
+    from voice.server import create_app
+
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    if args.knowledge:
+        overrides["knowledge_dir"] = Path(args.knowledge)
+    settings = Settings(**overrides)
+    app = create_app(settings)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=args.log_level.lower(), ws_max_size=None
+    )
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from agents.rag.embed import Embedder
+    from agents.rag.ingest import ingest_dir
+    from agents.rag.store import KnowledgeStore
+    from voice.config import Settings
+
+    settings = Settings()
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        print(f"error: {folder} is not a folder of .md/.txt files", file=sys.stderr)
+        return 2
+    try:
+        embedder = Embedder.load(models.ensure("minilm-l6-int8"))
+    except models.ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    db = Path(args.db) if args.db else settings.knowledge_db()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    store = KnowledgeStore.open(db)
+    report = ingest_dir(folder, store, embedder)
+    print(
+        f"{folder}: {len(report.files_added)} added, {len(report.files_updated)} updated, "
+        f"{len(report.files_unchanged)} unchanged, {len(report.files_removed)} removed; "
+        f"{report.passages} passages ({report.passages_embedded} embedded now) in {db}"
+    )
+    return 0
+
+
+def _cmd_talk(args: argparse.Namespace) -> int:
+    from clients.talk import main as talk_main
+
+    return talk_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parley", description="A real-time voice agent.")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve the agent over WebSocket at /ws")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1, or PARLEY_HOST)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000, or PARLEY_PORT)")
+    p.add_argument("--knowledge", default=None, help="folder of .md/.txt files to answer from")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("models", help="list the models, where they are and whether they are verified")
+    p.add_argument("--ensure", action="store_true", help="assemble and verify any model that is not ready")
+    p.add_argument("--verify", action="store_true", help="rehash every file (slow)")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("ingest", help="index a folder of .md/.txt files for retrieval")
+    p.add_argument("dir", help="the knowledge folder")
+    p.add_argument("--db", default=None, help="index file (default $PARLEY_HOME/knowledge.sqlite3)")
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("talk", help="ask a spoken question from a WAV file over /ws")
+    p.add_argument("wav", help="a WAV file: mono or stereo, 16-bit, any of 8/16/24/48 kHz")
+    p.add_argument("--url", default="ws://127.0.0.1:8000/ws")
+    p.add_argument("--out", default=None, help="save the agent's reply audio to this WAV")
+    p.add_argument("--silence", type=float, default=3.0, help="seconds of silence sent after the speech")
+    p.add_argument("--timeout", type=float, default=30.0, help="give up waiting for the reply after this")
+    p.set_defaults(func=_cmd_talk)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

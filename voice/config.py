@@ -1,0 +1,120 @@
+"""Typed settings. Each is a `PARLEY_*` environment variable (or a `parley serve` flag) with its
+default and the reason for that default; README.md lists them all."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from voice.models import default_home
+
+KNOWLEDGE_DEFAULT = Path(__file__).resolve().parent.parent / "agents" / "knowledge"
+
+
+class Settings(BaseSettings):
+    """Everything a deployment may tune. Defaults are the embedded, offline, CPU-friendly set."""
+
+    model_config = SettingsConfigDict(env_prefix="PARLEY_", extra="ignore")
+
+    home: Path = Field(
+        default_factory=default_home,
+        description="Cache folder for assembled models and the knowledge index "
+        "(default: the user's cache dir, ~/.cache/parley).",
+    )
+
+    # --- server
+    host: str = Field(
+        "127.0.0.1", description="Address `parley serve` binds; loopback so nothing is exposed by accident."
+    )
+    port: int = Field(8000, description="Port `parley serve` listens on.")
+    max_sessions: int = Field(
+        8,
+        description="Concurrent conversations accepted; more get an `error` (busy). 2 cores carry ~2-3 well.",
+    )
+
+    # --- speech to text
+    stt_model: str = Field(
+        "",
+        description="Whisper model: empty for the embedded whisper base, a local CTranslate2 folder, "
+        "or a hub id/size name (e.g. 'small.en') for users who are online.",
+    )
+    stt_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' picks CUDA when a GPU is visible to CTranslate2, else the CPU."
+    )
+    stt_compute_type: str = Field(
+        "auto", description="'auto' means float16 on CUDA and int8 on CPU (fastest without losing accuracy)."
+    )
+    stt_beam_size: int = Field(
+        1,
+        description="Greedy decoding: beam 5 (pipecat's default) costs ~2x time for no gain on short "
+        "conversational turns.",
+    )
+    stt_language: str = Field("en", description="Fixed language skips Whisper's language detection pass.")
+    stt_threads: int = Field(2, description="CPU threads for one transcription: the whole of a 2-core box.")
+
+    # --- LLM
+    llm_base_url: str = Field(
+        "",
+        description="An OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp server, hosted APIs). "
+        "Empty: run the embedded llama.cpp model in-process.",
+    )
+    llm_model: str = Field("", description="Model name sent to that endpoint (ignored by the embedded one).")
+    llm_api_key: str = Field("", description="API key for that endpoint, if it needs one.")
+    llm_gguf: str = Field(
+        "", description="A local GGUF file for the embedded LLM instead of the default Qwen 0.5B."
+    )
+    llm_threads: int = Field(
+        2, description="llama.cpp threads: all cores; STT and LLM never run at the same time in one turn."
+    )
+    llm_context_tokens: int = Field(
+        4096, description="Per-session slot context: system prompt + passages + ~10 turns of history fit."
+    )
+    llm_max_tokens: int = Field(
+        120,
+        description="Cap on one answer: spoken answers should be a few sentences, and this bounds a runaway.",
+    )
+    llm_temperature: float = Field(
+        0.2, description="Low: factual answers from the knowledge base, not creative ones."
+    )
+    llm_parallel: int = Field(
+        4, description="Embedded llama.cpp slots; each session keeps its prompt cache in one."
+    )
+
+    # --- text to speech
+    tts_voice: str = Field(
+        "", description="A Piper voice .onnx (its .onnx.json beside it); empty for the embedded joe voice."
+    )
+    tts_threads: int = Field(
+        1, description="ONNX threads for Piper: one leaves a core for the LLM streaming alongside."
+    )
+
+    # --- RAG
+    knowledge_dir: Path = Field(KNOWLEDGE_DEFAULT, description="Markdown/text files the agent answers from.")
+    rag_top_k: int = Field(
+        3,
+        description="Passages given to the LLM per turn: enough for the answer, few enough to prefill fast.",
+    )
+
+    # --- turn taking
+    vad_start_secs: float = Field(
+        0.2, description="Speech needed before the user counts as speaking (Silero's default)."
+    )
+    vad_stop_secs: float = Field(
+        0.2,
+        description="Silence after which the VAD says the user stopped; short, because end of turn is decided "
+        "by turn_pause_secs, not by this.",
+    )
+    turn_pause_secs: float = Field(
+        0.6,
+        description="Silence after speech that ends the turn. Long enough that a pause inside a question "
+        "('Hi. ... What time do you open?') stays one turn; short enough to feel prompt.",
+    )
+
+    def knowledge_db(self) -> Path:
+        """One index per knowledge folder, so serving another folder never rewrites this one's."""
+        digest = hashlib.sha256(str(Path(self.knowledge_dir).resolve()).encode()).hexdigest()[:12]
+        return self.home / f"knowledge-{digest}.sqlite3"

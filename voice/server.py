@@ -1,0 +1,165 @@
+"""The HTTP/WebSocket front door: /health and /ws. No pipeline logic lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import JSONResponse
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from voice import protocol
+from voice.config import Settings
+from voice.engines import Engines, ModelPaths, load_engines, resolve_models
+from voice.models import ModelError
+from voice.session import Session
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 30.0  # a client that never sends session.start is holding a socket for nothing
+WS_CLOSE_POLICY = 1008  # RFC 6455: policy violation
+WS_CLOSE_TRY_AGAIN = 1013  # RFC 6455: try again later (loading, or full)
+WS_CLOSE_TOO_BIG = 1009
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    engines: Engines | None = None
+    load_error: str | None = None
+    sessions: dict[str, Session] = field(default_factory=dict)
+
+
+def create_app(settings: Settings | None = None, paths: ModelPaths | None = None) -> FastAPI:
+    """The app. Models load in the background after start-up; /health says when they are ready."""
+    settings = settings or Settings()
+    state = ServerState(settings)
+
+    async def _load() -> None:
+        try:
+            resolved = paths or await asyncio.to_thread(resolve_models, settings)
+            state.engines = await load_engines(settings, resolved)
+            log.info("models ready: %s", state.engines.describe())
+        except ModelError as exc:
+            state.load_error = str(exc)
+            log.error("cannot serve: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - keep serving /health with the reason
+            state.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("loading the models failed")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        loader = asyncio.create_task(_load())
+        yield
+        loader.cancel()
+        for session in list(state.sessions.values()):
+            await session.stop()
+
+    app = FastAPI(title="Parley", lifespan=lifespan)
+    app.state.parley = state
+
+    @app.get("/health")
+    async def health():
+        if state.engines is not None:
+            return {"status": "ok", "sessions": len(state.sessions), "models": state.engines.describe()}
+        if state.load_error:
+            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+        return JSONResponse({"status": "loading"}, status_code=503)
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket):
+        await websocket.accept()
+        if state.engines is None:
+            reason = state.load_error or "models are still loading; retry when GET /health answers 200"
+            await _refuse(websocket, "not_ready", reason, WS_CLOSE_TRY_AGAIN)
+            return
+        if len(state.sessions) >= settings.max_sessions:
+            await _refuse(
+                websocket,
+                "busy",
+                f"All {settings.max_sessions} sessions are in use; retry later.",
+                WS_CLOSE_TRY_AGAIN,
+            )
+            return
+        rate = await _await_session_start(websocket)
+        if rate is None:
+            return
+        session = Session(websocket, state.engines, settings, rate)
+        state.sessions[session.id] = session
+        try:
+            await session.run()
+        except Exception:  # noqa: BLE001 - one session's failure must not reach the others
+            log.exception("session %s failed", session.id)
+            with contextlib.suppress(Exception):
+                await _send_error(websocket, "internal", "The session failed; please reconnect.")
+        finally:
+            state.sessions.pop(session.id, None)
+            if websocket.client_state == WebSocketState.CONNECTED:
+                with contextlib.suppress(Exception):
+                    await websocket.close()
+
+    return app
+
+
+async def _send_error(websocket: WebSocket, code: str, message: str) -> None:
+    await websocket.send_text(
+        protocol.json_dumps(protocol.ErrorEvent(code=code, message=message).model_dump())
+    )
+
+
+async def _refuse(websocket: WebSocket, code: str, message: str, close_code: int) -> None:
+    with contextlib.suppress(Exception):
+        await _send_error(websocket, code, message)
+        await websocket.close(code=close_code, reason=code)
+
+
+async def _await_session_start(websocket: WebSocket) -> int | None:
+    """Read messages until a valid session.start; answer mistakes with errors. None: the client left."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT_S
+    while True:
+        try:
+            message = await asyncio.wait_for(websocket.receive(), timeout=max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            await _refuse(websocket, "start_timeout", "No session.start within 30 s.", WS_CLOSE_POLICY)
+            return None
+        except WebSocketDisconnect:
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        data = message.get("bytes") if message.get("bytes") is not None else message.get("text")
+        if data is None:
+            continue
+        if len(data) > protocol.MAX_MESSAGE_BYTES:
+            await _refuse(
+                websocket,
+                "message_too_big",
+                f"Messages are limited to {protocol.MAX_MESSAGE_BYTES} bytes.",
+                WS_CLOSE_TOO_BIG,
+            )
+            return None
+        if isinstance(data, bytes):
+            await _send_error(
+                websocket, "not_started", 'Send {"type": "session.start", "sample_rate": N} before any audio.'
+            )
+            continue
+        try:
+            parsed = protocol.parse_client_message(data)
+        except protocol.ProtocolError as exc:
+            await _send_error(websocket, exc.code, exc.message)
+            continue
+        if not isinstance(parsed, protocol.SessionStart):
+            await _send_error(websocket, "not_started", "Send session.start before anything else.")
+            continue
+        if parsed.sample_rate not in protocol.SUPPORTED_SAMPLE_RATES:
+            rates = ", ".join(str(r) for r in protocol.SUPPORTED_SAMPLE_RATES)
+            await _send_error(
+                websocket,
+                "unsupported_sample_rate",
+                f"sample_rate {parsed.sample_rate} is not supported: use one of {rates}.",
+            )
+            continue
+        return parsed.sample_rate

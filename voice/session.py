@@ -1,0 +1,251 @@
+"""One conversation: builds its pipeline, runs it, and speaks the protocol's events.
+
+The pipeline, top to bottom (audio flows down, the agent's answer comes back out):
+
+    client audio → WebSocket input → Whisper STT → user turns (Silero VAD, end of turn)
+      → turn watcher → knowledge (RAG) → LLM → LLM watcher → Piper TTS → spoken-text events
+      → WebSocket output (real-time pacing) → playback watcher → assistant history
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+
+from fastapi import WebSocket
+from pipecat.frames.frames import InterruptionWorkerFrame, LLMMessagesAppendFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.workers.runner import WorkerRunner
+from pydantic import BaseModel
+from starlette.websockets import WebSocketState
+
+from agents.context import SYSTEM_PROMPT, KnowledgeContextProcessor, merge_continued_turn
+from agents.llm import make_llm_stage
+from voice import protocol
+from voice.config import Settings
+from voice.engines import Engines
+from voice.stt import WHISPER_SAMPLE_RATE, WhisperSTTStage
+from voice.tracing import Moment, TurnTracer
+from voice.transports.websocket import ParleyWireSerializer, make_transport
+from voice.tts import PiperTTSStage
+from voice.turn_events import LLMWatcher, PlaybackWatcher, SpokenTextEmitter, TurnHooks, UserTurnWatcher
+from voice.turns import user_turn_params
+
+log = logging.getLogger(__name__)
+
+WS_CLOSE_TOO_BIG = 1009  # RFC 6455: message too big to process
+NS_PER_S = 1_000_000_000
+# How long a typed turn waits for the interruption of the previous answer to pass through the
+# pipeline (it takes a few ms; the bound only guards against a stuck stage).
+INTERRUPT_SETTLE_TIMEOUT_S = 1.0
+
+
+class Session(TurnHooks):
+    """A conversation over one WebSocket."""
+
+    def __init__(self, websocket: WebSocket, engines: Engines, settings: Settings, input_sample_rate: int):
+        self.id = uuid.uuid4().hex[:12]
+        self._ws = websocket
+        self._engines = engines
+        self._settings = settings
+        self._input_rate = input_sample_rate
+        self.tracer = TurnTracer(time.monotonic_ns)
+        self.turn_id = 0
+        self._agent_active = False  # an answer is being prepared or played
+        self._typed_pending = False
+        self._send_lock = asyncio.Lock()
+        self._interrupt_seen = asyncio.Event()
+        self._answer_audible = False  # the current answer's first audio has gone out
+        self._continues: str | None = None  # text of a turn the user is still continuing
+        self._last_user_text = ""
+        self._worker: PipelineWorker | None = None
+        self.closed = asyncio.Event()
+        self.on_trace = None  # optional callable(session, TurnRecord) for metrics/logs
+
+    @property
+    def output_sample_rate(self) -> int:
+        return self._engines.tts.sample_rate
+
+    # --- sending -------------------------------------------------------------------------------
+
+    async def send(self, event: BaseModel) -> None:
+        """Send one JSON event now (ahead of queued audio)."""
+        if self._ws.client_state != WebSocketState.CONNECTED:
+            return
+        async with self._send_lock:
+            # A client that went away is handled by the transport's disconnect handler.
+            with contextlib.suppress(RuntimeError, OSError):
+                await self._ws.send_text(protocol.json_dumps(event.model_dump()))
+
+    async def _client_error(self, exc: protocol.ProtocolError) -> None:
+        log.info("session %s: client error %s: %s", self.id, exc.code, exc.message)
+        await self.send(protocol.ErrorEvent(code=exc.code, message=exc.message))
+        if exc.fatal:
+            with contextlib.suppress(RuntimeError, OSError):
+                await self._ws.close(code=WS_CLOSE_TOO_BIG, reason=exc.code)
+            await self.stop()
+
+    # --- pipeline ------------------------------------------------------------------------------
+
+    def _build(self) -> PipelineWorker:
+        s, e = self._settings, self._engines
+        serializer = ParleyWireSerializer(
+            self._input_rate,
+            on_error=self._client_error,
+            on_text=self._typed_text,
+            on_audio_sent=self._audio_sent,
+        )
+        transport = make_transport(self._ws, serializer, self.output_sample_rate)
+        context = LLMContext()
+        self._context = context
+        user_turns, assistant_history = LLMContextAggregatorPair(
+            context, user_params=user_turn_params(s.vad_start_secs, s.vad_stop_secs, s.turn_pause_secs)
+        )
+        knowledge = KnowledgeContextProcessor(
+            e.retriever,
+            s.rag_top_k,
+            on_start=lambda: self.tracer.mark(Moment.RAG_START),
+            on_end=lambda: self.tracer.mark(Moment.RAG_END),
+        )
+        self._knowledge = knowledge
+        llm = make_llm_stage(e.llm, SYSTEM_PROMPT, s.llm_max_tokens, s.llm_temperature)
+        pipeline = Pipeline(
+            [
+                transport.input(),
+                WhisperSTTStage(e.stt, self.tracer),
+                user_turns,
+                UserTurnWatcher(self),
+                knowledge,
+                llm,
+                LLMWatcher(self.tracer),
+                PiperTTSStage(e.tts, self.tracer),
+                SpokenTextEmitter(self),
+                transport.output(),
+                PlaybackWatcher(self),
+                assistant_history,
+            ]
+        )
+        worker = PipelineWorker(
+            pipeline,
+            params=PipelineParams(
+                audio_in_sample_rate=WHISPER_SAMPLE_RATE, audio_out_sample_rate=self.output_sample_rate
+            ),
+            enable_rtvi=False,  # Parley speaks its own protocol; RTVI would add ~100 messages a session
+            idle_timeout_secs=None,  # a silent caller is not an error; the socket closing ends the session
+            enable_turn_tracking=False,  # turns are traced by voice/tracing.py
+        )
+
+        @transport.event_handler("on_client_disconnected")
+        async def _gone(_transport, _ws):
+            log.info("session %s: client disconnected", self.id)
+            await self.stop()
+
+        return worker
+
+    async def run(self) -> None:
+        """Run until the client leaves or the session is stopped."""
+        self._worker = self._build()
+        await self.send(protocol.SessionReady(session_id=self.id, output_sample_rate=self.output_sample_rate))
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(self._worker)
+        try:
+            await runner.run()
+        finally:
+            self.closed.set()
+            log.info("session %s: ended after %d turns", self.id, self.turn_id)
+
+    async def stop(self) -> None:
+        if self._worker is not None and not self._worker.has_finished():
+            await self._worker.cancel()
+
+    # --- hooks from the pipeline -----------------------------------------------------------------
+
+    async def _typed_text(self, text: str) -> None:
+        """A typed turn: interrupts the agent like speech would, then goes straight to the agent."""
+        if self._agent_active:
+            # The interruption travels the pipeline on its own; the new turn must start after it,
+            # or it would be the one cancelled.
+            self._interrupt_seen.clear()
+            await self._worker.queue_frame(InterruptionWorkerFrame())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._interrupt_seen.wait(), INTERRUPT_SETTLE_TIMEOUT_S)
+        self._typed_pending = True
+        await self._worker.queue_frame(
+            LLMMessagesAppendFrame(messages=[{"role": "user", "content": text}], run_llm=True)
+        )
+
+    def _audio_sent(self, nbytes: int) -> None:
+        self._answer_audible = True
+        self.tracer.mark(Moment.FIRST_AUDIO_SENT)
+
+    async def user_speech_started(self) -> None:
+        await self.send(protocol.UserSpeechStarted())
+
+    async def user_speech_stopped(self, stop_secs: float) -> None:
+        now = self.tracer.now_ns()
+        self.tracer.mark_pending(Moment.VAD_STOPPED, now)
+        # The VAD speaks after stop_secs of silence; the user really stopped that long ago.
+        self.tracer.mark_pending(Moment.USER_STOPPED, now - int(stop_secs * NS_PER_S))
+        await self.send(protocol.UserSpeechStopped())
+
+    async def turn_ended(self, text: str) -> None:
+        if self._continues is not None:
+            # The user resumed before hearing anything: same turn, the whole question.
+            merged = merge_continued_turn(self._context.get_messages(), self._continues)
+            if merged is not None:
+                self._knowledge.forget_last()
+                text = merged
+        else:
+            self.turn_id += 1
+        self._continues = None
+        self._last_user_text = text
+        record = self.tracer.start_turn(self.turn_id, typed=self._typed_pending)
+        record.text_chars = len(text)
+        self._typed_pending = False
+        self._agent_active = True
+        self._answer_audible = False
+        await self.send(protocol.UserTranscript(turn_id=self.turn_id, text=text))
+
+    def current_turn_id(self) -> int:
+        return self.turn_id
+
+    async def interrupted(self) -> None:
+        self._interrupt_seen.set()
+        if not self._agent_active:
+            return  # pipecat interrupts at every turn start; only an agent that was busy is "interrupted"
+        self._agent_active = False
+        if not self._answer_audible:
+            # Nothing was heard yet: the user is continuing their turn, not cutting the agent off.
+            self._continues = self._last_user_text
+            return
+        record = self.tracer.current
+        if record is not None:
+            record.interrupted = True
+        await self.send(protocol.AgentInterrupted(turn_id=self.turn_id))
+        await self._send_trace()
+
+    async def audio_done(self) -> None:
+        if not self._agent_active:
+            return
+        self._agent_active = False
+        self.tracer.mark(Moment.AUDIO_DONE)
+        await self.send(protocol.AgentAudioDone(turn_id=self.turn_id))
+        await self._send_trace()
+
+    async def _send_trace(self) -> None:
+        record = self.tracer.current
+        if record is None:
+            return
+        stages = record.stages_ms()
+        log.info("session %s turn %d trace %s", self.id, record.turn_id, stages)
+        await self.send(
+            protocol.TurnTrace(turn_id=record.turn_id, stages_ms=stages, interrupted=record.interrupted)
+        )
+        if self.on_trace:
+            self.on_trace(self, record)

@@ -1,0 +1,161 @@
+"""Speech to text: one faster-whisper model per process, shared by every session.
+
+The model is loaded in a worker thread (never on the event loop) by `WhisperEngine.load`, and
+each transcription runs in a thread too. On a 2-core machine two transcriptions at once only
+slow each other down, so they take turns on a lock; on a GPU that costs little.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pipecat.frames.frames import TranscriptionFrame
+from pipecat.services.settings import STTSettings
+from pipecat.services.stt_service import SegmentedSTTService
+from pipecat.utils.time import time_now_iso8601
+
+from voice.audio import pcm16_to_float
+from voice.tracing import Moment, TurnTracer
+
+log = logging.getLogger(__name__)
+
+WHISPER_SAMPLE_RATE = 16_000  # Whisper's only input rate
+# Whisper's own "no speech" probability above which a segment is dropped: a cough or a click
+# then yields no words instead of a hallucinated "Thank you."
+NO_SPEECH_THRESHOLD = 0.6
+# Speech end → transcript, p99, for whisper base on 2 CPU cores; pipecat's end-of-turn timer waits
+# at most this long for a transcript that never comes.
+STT_P99_LATENCY_S = 1.5
+# Below this many ms there is no word to find; skipping saves a pointless model call.
+MIN_AUDIO_MS = 120
+
+
+def pick_device(requested: str) -> tuple[str, str]:
+    """(device, compute_type) for 'auto'|'cpu'|'cuda': CUDA float16 when a GPU is visible, else CPU int8."""
+    import ctranslate2
+
+    if requested == "auto":
+        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    else:
+        device = requested
+    return device, ("float16" if device == "cuda" else "int8")
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    audio_ms: float
+    elapsed_ms: float
+
+
+class WhisperEngine:
+    """A loaded faster-whisper model; `transcribe` is thread-safe."""
+
+    def __init__(self, model, name: str, device: str, compute_type: str, beam_size: int, language: str):
+        self._model = model
+        self.name = name
+        self.device = device
+        self.compute_type = compute_type
+        self.beam_size = beam_size
+        self.language = language or None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path,
+        device: str = "auto",
+        compute_type: str = "auto",
+        beam_size: int = 1,
+        language: str = "en",
+        cpu_threads: int = 2,
+    ) -> WhisperEngine:
+        """Load a CTranslate2 folder (or a hub id, for users who are online). Blocking: call in a thread."""
+        from faster_whisper import WhisperModel
+
+        dev, auto_type = pick_device(device)
+        ctype = auto_type if compute_type == "auto" else compute_type
+        start = time.monotonic()
+        whisper = WhisperModel(str(model), device=dev, compute_type=ctype, cpu_threads=cpu_threads)
+        engine = cls(whisper, Path(str(model)).name, dev, ctype, beam_size, language)
+        # One short silent pass: the first real call would otherwise pay for lazy allocations.
+        engine.transcribe_samples(np.zeros(WHISPER_SAMPLE_RATE // 2, dtype=np.float32))
+        log.info("STT %s loaded on %s/%s in %.2fs", model, dev, ctype, time.monotonic() - start)
+        return engine
+
+    def transcribe_samples(self, samples: np.ndarray) -> Transcript:
+        """Transcribe 16 kHz float32 mono samples."""
+        audio_ms = 1000.0 * len(samples) / WHISPER_SAMPLE_RATE
+        start = time.monotonic()
+        if audio_ms < MIN_AUDIO_MS:
+            return Transcript("", audio_ms, 0.0)
+        with self._lock:
+            segments, _info = self._model.transcribe(
+                samples,
+                language=self.language,
+                beam_size=self.beam_size,
+                # Turns are independent utterances: conditioning on a previous one only invites loops.
+                condition_on_previous_text=False,
+                no_speech_threshold=NO_SPEECH_THRESHOLD,
+                # The VAD already cut the speech out; Whisper's own VAD would run a second model.
+                vad_filter=False,
+                without_timestamps=True,
+            )
+            text = " ".join(s.text.strip() for s in segments if s.text.strip()).strip()
+        if not any(ch.isalnum() for ch in text):
+            text = ""  # punctuation alone ("...") is what Whisper writes for a breath or a click
+        return Transcript(text, audio_ms, 1000.0 * (time.monotonic() - start))
+
+    def transcribe_pcm16(self, pcm: bytes) -> Transcript:
+        """Transcribe 16 kHz s16le bytes."""
+        return self.transcribe_samples(pcm16_to_float(pcm))
+
+    async def transcribe(self, pcm: bytes) -> Transcript:
+        """Transcribe 16 kHz s16le bytes off the event loop."""
+        return await asyncio.to_thread(self.transcribe_pcm16, pcm)
+
+
+# --- the pipeline stage -------------------------------------------------------------------------
+
+
+class WhisperSTTStage(SegmentedSTTService):
+    """Transcribes each VAD speech segment with the process's shared WhisperEngine.
+
+    pipecat's SegmentedSTTService buffers the audio from VAD start to VAD stop (with a short
+    pre-roll) and calls `run_stt` once per segment, in order, off the audio path.
+    """
+
+    def __init__(self, engine: WhisperEngine, tracer: TurnTracer, **kwargs):
+        super().__init__(
+            sample_rate=WHISPER_SAMPLE_RATE,
+            ttfs_p99_latency=STT_P99_LATENCY_S,
+            settings=STTSettings(model=engine.name, language=engine.language),
+            **kwargs,
+        )
+        self._engine = engine
+        self._tracer = tracer
+
+    @property
+    def wants_wav_segments(self) -> bool:
+        return False  # raw s16le at 16 kHz: no WAV header to write and parse again
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def run_stt(self, audio: bytes):
+        self._tracer.mark_pending(Moment.STT_START)
+        await self.start_processing_metrics()
+        result = await self._engine.transcribe(audio)
+        await self.stop_processing_metrics()
+        self._tracer.mark_pending(Moment.STT_END)
+        log.debug("STT %.0f ms of audio in %.0f ms: %r", result.audio_ms, result.elapsed_ms, result.text)
+        if result.text:
+            yield TranscriptionFrame(
+                result.text, self._user_id, time_now_iso8601(), language=self._engine.language
+            )

@@ -1,0 +1,126 @@
+"""Text to speech: one Piper voice per process, shared by every session.
+
+Piper synthesises a sentence at a time, so the pipeline hands it sentences as the LLM streams
+them, and the first sentence is heard while the LLM is still writing the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnxruntime
+from pipecat.frames.frames import ErrorFrame, TTSAudioRawFrame
+from pipecat.services.settings import TTSSettings
+from pipecat.services.tts_service import TTSService
+
+from voice.tracing import Moment, TurnTracer
+
+log = logging.getLogger(__name__)
+
+# Spoken symbols: the LLM writes "$65" and "9am-5pm"; Piper's phonemiser reads "$" as nothing.
+_SPOKEN = [
+    (re.compile(r"\$(\d+(?:\.\d\d)?)"), r"\1 dollars"),
+    (re.compile(r"(\d)\s*-\s*(\d)"), r"\1 to \2"),
+    (re.compile(r"[*_#`]+"), ""),  # Markdown emphasis and headings are not meant to be read aloud
+    (re.compile(r"&"), " and "),
+    (re.compile(r"%"), " percent"),
+]
+
+
+def speakable(text: str) -> str:
+    """Text as it should be read aloud: symbols spelled out, Markdown dropped."""
+    for pattern, repl in _SPOKEN:
+        text = pattern.sub(repl, text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class PiperEngine:
+    """A loaded Piper voice; `synthesize` is thread-safe and yields s16le PCM at `sample_rate`."""
+
+    def __init__(self, voice, name: str):
+        self._voice = voice
+        self.name = name
+        self.sample_rate: int = voice.config.sample_rate
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model_path: Path, threads: int = 1, use_cuda: bool = False) -> PiperEngine:
+        """Load a Piper .onnx voice (its .onnx.json beside it). Blocking: call in a thread."""
+        from piper.config import PiperConfig
+        from piper.voice import PiperVoice
+
+        start = time.monotonic()
+        config_path = Path(f"{model_path}.json")
+        options = onnxruntime.SessionOptions()
+        # PiperVoice.load would use every core; we bound it so TTS doesn't starve the LLM stream.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        providers = (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+        )
+        session = onnxruntime.InferenceSession(str(model_path), sess_options=options, providers=providers)
+        config = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+        engine = cls(PiperVoice(session=session, config=config), Path(model_path).stem)
+        b"".join(engine.synthesize("Ready."))  # warm-up: the first call pays for allocations
+        log.info("TTS %s loaded in %.2fs", model_path, time.monotonic() - start)
+        return engine
+
+    def synthesize(self, text: str) -> Iterator[bytes]:
+        """Yield PCM s16le chunks (one per sentence Piper finds) for `text`."""
+        text = speakable(text)
+        if not any(ch.isalnum() for ch in text):
+            return
+        with self._lock:
+            chunks = list(self._voice.synthesize(text))
+        for chunk in chunks:
+            yield chunk.audio_int16_bytes
+
+
+# --- the pipeline stage -------------------------------------------------------------------------
+
+
+class PiperTTSStage(TTSService):
+    """Speaks each sentence the LLM streams with the process's shared PiperEngine.
+
+    pipecat's TTSService aggregates the LLM's tokens into sentences and calls `run_tts` once per
+    sentence; the output transport paces the audio and drops it on interruption.
+    """
+
+    def __init__(self, engine: PiperEngine, tracer: TurnTracer, **kwargs):
+        super().__init__(
+            sample_rate=engine.sample_rate,
+            push_start_frame=True,
+            push_stop_frames=True,
+            settings=TTSSettings(model=engine.name, voice=engine.name, language="en"),
+            **kwargs,
+        )
+        self._engine = engine
+        self._tracer = tracer
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def run_tts(self, text: str, context_id: str):
+        self._tracer.mark(Moment.TTS_FIRST_TEXT)
+        try:
+            await self.start_tts_usage_metrics(text)
+            chunks = await asyncio.to_thread(lambda: list(self._engine.synthesize(text)))
+            for pcm in chunks:
+                self._tracer.mark(Moment.TTS_FIRST_AUDIO)
+                await self.stop_ttfb_metrics()
+                yield self._audio_frame(pcm, context_id)
+        except Exception as exc:  # noqa: BLE001 - a failed sentence must not end the session
+            log.exception("TTS failed for %r", text)
+            yield ErrorFrame(error=f"TTS failed: {exc}")
+        finally:
+            await self.stop_ttfb_metrics()
+
+    def _audio_frame(self, pcm: bytes, context_id: str) -> TTSAudioRawFrame:
+        return TTSAudioRawFrame(pcm, self._engine.sample_rate, 1, context_id=context_id)

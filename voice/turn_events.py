@@ -1,0 +1,115 @@
+"""Small pipeline stages that turn what happens in the pipeline into protocol events and trace
+moments. They watch frames and pass every frame on unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from pipecat.frames.frames import (
+    AggregatedTextFrame,
+    Frame,
+    InterruptionFrame,
+    LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMTextFrame,
+    OutputTransportMessageFrame,
+    TTSTextFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from voice import protocol
+from voice.tracing import Moment, TurnTracer
+
+
+class TurnHooks:
+    """What the session does when the watchers see something (implemented by Session)."""
+
+    async def user_speech_started(self) -> None: ...
+    async def user_speech_stopped(self, stop_secs: float) -> None: ...
+    async def turn_ended(self, text: str) -> None: ...
+    async def interrupted(self) -> None: ...
+    def current_turn_id(self) -> int: ...
+    async def audio_done(self) -> None: ...
+
+
+class UserTurnWatcher(FrameProcessor):
+    """After the user aggregator: speech start/stop events, and the moment a turn is handed to the agent."""
+
+    def __init__(self, hooks: TurnHooks, **kwargs):
+        super().__init__(**kwargs)
+        self._hooks = hooks
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if direction == FrameDirection.DOWNSTREAM:
+            if isinstance(frame, VADUserStartedSpeakingFrame):
+                await self._hooks.user_speech_started()
+            elif isinstance(frame, VADUserStoppedSpeakingFrame):
+                await self._hooks.user_speech_stopped(frame.stop_secs)
+            elif isinstance(frame, InterruptionFrame):
+                await self._hooks.interrupted()
+            elif isinstance(frame, LLMContextFrame):
+                messages = frame.context.get_messages()
+                text = messages[-1].get("content", "") if messages else ""
+                await self._hooks.turn_ended(text if isinstance(text, str) else "")
+        await self.push_frame(frame, direction)
+
+
+class LLMWatcher(FrameProcessor):
+    """Between the LLM and TTS: stamps the first token and the end of the stream."""
+
+    def __init__(self, tracer: TurnTracer, **kwargs):
+        super().__init__(**kwargs)
+        self._tracer = tracer
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, LLMTextFrame) and frame.text.strip():
+            self._tracer.mark(Moment.LLM_FIRST_TOKEN)
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            self._tracer.mark(Moment.LLM_END)
+        await self.push_frame(frame, direction)
+
+
+class SpokenTextEmitter(FrameProcessor):
+    """Before the output transport: each sentence about to be spoken becomes an `agent.text` event.
+
+    The event is queued with the audio (not urgent), so it reaches the client just before the
+    sentence's audio, and it is dropped with that audio when the user interrupts.
+    """
+
+    def __init__(self, hooks: TurnHooks, **kwargs):
+        super().__init__(**kwargs)
+        self._hooks = hooks
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if (
+            isinstance(frame, AggregatedTextFrame)
+            and not isinstance(frame, TTSTextFrame)  # the same sentence again, after its audio
+            and direction == FrameDirection.DOWNSTREAM
+            and frame.text.strip()
+        ):
+            event = protocol.AgentText(turn_id=self._hooks.current_turn_id(), text=frame.text.strip())
+            await self.push_frame(OutputTransportMessageFrame(message=event.model_dump()))
+
+
+class PlaybackWatcher(FrameProcessor):
+    """After the output transport: frames arrive here once the audio before them has been sent,
+    so the end of the LLM response marks the end of the turn's audio."""
+
+    def __init__(self, hooks: TurnHooks, **kwargs):
+        super().__init__(**kwargs)
+        self._hooks = hooks
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, LLMFullResponseEndFrame) and direction == FrameDirection.DOWNSTREAM:
+            await self._hooks.audio_done()
+        await self.push_frame(frame, direction)
+
+
+Sender = Callable[[dict], Awaitable[None]]
