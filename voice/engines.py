@@ -73,9 +73,25 @@ class Engines:
         }
 
 
+async def _load(role: str, what: object, hint: str, fn, *args):
+    """Run a blocking loader in a thread; a failure names the model and what to do."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except models.ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one clear message
+        raise models.ModelError(
+            f"The {role} model {what} could not be loaded ({type(exc).__name__}: {exc}). {hint}"
+        ) from exc
+
+
 async def load_engines(settings: Settings, paths: ModelPaths) -> Engines:
     """Load every model off the event loop; sessions can start once this returns."""
-    stt = await asyncio.to_thread(
+    verify_hint = "Check the setting that points at it, or run `parley models --verify`."
+    stt = await _load(
+        "STT",
+        paths.stt,
+        verify_hint,
         WhisperEngine.load,
         paths.stt,
         settings.stt_device,
@@ -84,15 +100,20 @@ async def load_engines(settings: Settings, paths: ModelPaths) -> Engines:
         settings.stt_language,
         settings.stt_threads,
     )
-    tts = await asyncio.to_thread(PiperEngine.load, paths.tts, settings.tts_threads, stt.device == "cuda")
-    embedder = await asyncio.to_thread(Embedder.load, paths.embeddings)
+    tts = await _load(
+        "TTS", paths.tts, verify_hint, PiperEngine.load, paths.tts, settings.tts_threads, stt.device == "cuda"
+    )
+    embedder = await _load("embedding", paths.embeddings, verify_hint, Embedder.load, paths.embeddings)
     settings.home.mkdir(parents=True, exist_ok=True)
     retriever = await asyncio.to_thread(
         open_knowledge, Path(settings.knowledge_dir), settings.knowledge_db(), embedder
     )
     embedded = None
     if paths.llm_gguf is not None:
-        embedded = await asyncio.to_thread(
+        embedded = await _load(
+            "LLM",
+            paths.llm_gguf,
+            verify_hint,
             EmbeddedLLM.start,
             paths.llm_gguf,
             settings.llm_threads,
