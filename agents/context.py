@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 
 from pipecat.frames.frames import Frame, LLMContextFrame
@@ -20,23 +21,29 @@ from agents.rag.retrieve import Hit, Retriever
 
 log = logging.getLogger(__name__)
 
+# Short and positive: the 0.5B default model parrots long lists of don'ts back to the caller
+# ("No lists, no markdown."), and answers better when told where the facts are.
 SYSTEM_PROMPT = (
-    "You are the voice assistant answering the phone for the business described in the facts you "
-    "are given. Your words are spoken aloud, so answer in one or two short, friendly sentences of "
-    "plain words: no lists, no markdown, no emoji. Answer only from the facts given with the "
-    "caller's message; if they do not contain the answer, say you are not sure and offer to take "
-    "a message. Never invent hours, prices or policies."
+    "You answer the phone for the business in the facts below each caller message. "
+    "Reply in one or two short spoken sentences using only those facts. "
+    "If the facts do not answer the question, say you are not sure."
 )
 FACTS_HEADER = "Facts from the knowledge base:"
 NO_NEW_FACTS = "(No new facts: use the ones given earlier in this conversation.)"
-QUESTION_HEADER = "Caller:"
+QUESTION_HEADER = "Question:"
 
 
 def user_message(question: str, hits: list[Hit], already_given: set[str]) -> tuple[str, list[str]]:
     """The user message for one turn and the keys of the passages it adds."""
     new = [h for h in hits if passage_key(h) not in already_given]
-    facts = "\n\n".join(f"[{h.heading}]\n{h.text.strip()}" for h in new) if new else NO_NEW_FACTS
+    facts = "\n\n".join(f"[{h.heading}]\n{unwrap(h.text)}" for h in new) if new else NO_NEW_FACTS
     return f"{FACTS_HEADER}\n{facts}\n\n{QUESTION_HEADER} {question}", [passage_key(h) for h in new]
+
+
+def unwrap(text: str) -> str:
+    """Join hard-wrapped lines inside paragraphs: a small model reads a line break as a new fact."""
+    paragraphs = re.split(r"\n\s*\n", text.strip())
+    return "\n".join(" ".join(p.split()) for p in paragraphs)
 
 
 def passage_key(hit: Hit) -> str:
@@ -81,6 +88,7 @@ class KnowledgeContextProcessor(FrameProcessor):
         last = messages[-1]
         content = last.get("content")
         if not isinstance(content, str) or content.startswith(FACTS_HEADER):
+            log.debug("not grounding a message of type %s: %r", type(content).__name__, content)
             return  # already grounded (e.g. a re-run of the same turn)
         if self._on_start:
             self._on_start()
@@ -94,6 +102,9 @@ class KnowledgeContextProcessor(FrameProcessor):
         self._last_added = keys
         # In place: the stored history keeps the facts, so the next turn's prompt extends this one.
         last["content"] = text
+        log.debug(
+            "grounded %r with %d new passages (%d messages in history)", content, len(keys), len(messages)
+        )
         if self._on_end:
             self._on_end()
 

@@ -77,6 +77,31 @@ class EmbeddedLLM:
         return cls(server, endpoint, gguf)
 
 
+def prime_slots(endpoint: LLMEndpoint, system_prompt: str, slots: int) -> None:
+    """Prefill the system prompt into every slot at start-up (blocking), so no caller's first turn
+    pays for it. Concurrent requests land on different slots."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    body = {
+        "model": endpoint.model,
+        "messages": [{"role": "system", "content": system_prompt}, {"role": "user", "content": "Hello."}],
+        "max_tokens": 1,
+    }
+    headers = {"Authorization": f"Bearer {endpoint.api_key}"}
+
+    def one(_: int) -> None:
+        httpx.post(
+            f"{endpoint.base_url}/chat/completions", json=body, headers=headers, timeout=LOAD_TIMEOUT_S
+        )
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=slots) as pool:
+        list(pool.map(one, range(slots)))
+    log.info("system prompt cached in %d LLM slots in %.2fs", slots, time.monotonic() - start)
+
+
 def _has_gpu(xllamacpp) -> bool:
     try:
         return any(d.get("name", "").upper() != "CPU" for d in xllamacpp.get_device_info())

@@ -76,7 +76,16 @@ def start_server(
     env.update(env_extra or {})
     log_path = tmp / f"server-{port}.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "voice.cli", "serve", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "voice.cli",
+            "--log-level",
+            env.get("PARLEY_LOG_LEVEL", "INFO"),
+            "serve",
+            "--port",
+            str(port),
+        ],
         cwd=ROOT,
         env=env,
         stdout=log_path.open("w"),

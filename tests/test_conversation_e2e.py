@@ -94,3 +94,15 @@ async def test_audio_at_48khz_is_understood(server):
     )
     assert "saturday" in result.transcript.lower(), f"transcript was {result.transcript!r}"
     assert np.frombuffer(bytes(result.audio), dtype="<i2").size > 0
+
+
+async def test_the_words_after_a_comma_pause_are_part_of_the_turn(server):
+    # espeak pauses at the comma long enough for the VAD to split the question in two segments;
+    # the first half's transcript arrives while the second half is still being spoken.
+    result = await talk(
+        server.ws_url, speak("I've got a flat tire, how much to fix it?"), 16000, silence_s=4.0, timeout_s=60
+    )
+    transcripts = result.of("user.transcript")
+    assert {t["turn_id"] for t in transcripts} == {1}, transcripts
+    final = transcripts[-1]["text"].lower()
+    assert "flat" in final and "how much" in final, f"the turn's text is {final!r}"

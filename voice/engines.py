@@ -7,7 +7,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.llm import EmbeddedLLM, LLMEndpoint
+from agents.context import SYSTEM_PROMPT
+from agents.llm import EmbeddedLLM, LLMEndpoint, prime_slots
 from agents.rag.embed import Embedder
 from agents.rag.retrieve import Retriever, open_knowledge
 from voice import models
@@ -108,6 +109,7 @@ async def load_engines(settings: Settings, paths: ModelPaths) -> Engines:
     retriever = await asyncio.to_thread(
         open_knowledge, Path(settings.knowledge_dir), settings.knowledge_db(), embedder
     )
+    stt.vocabulary = retriever.vocabulary()
     embedded = None
     if paths.llm_gguf is not None:
         embedded = await _load(
@@ -121,6 +123,7 @@ async def load_engines(settings: Settings, paths: ModelPaths) -> Engines:
             settings.llm_parallel,
         )
         endpoint = embedded.endpoint
+        await asyncio.to_thread(prime_slots, endpoint, SYSTEM_PROMPT, settings.llm_parallel)
     else:
         endpoint = LLMEndpoint(settings.llm_base_url.rstrip("/"), settings.llm_model, settings.llm_api_key)
     return Engines(stt=stt, tts=tts, llm=endpoint, retriever=retriever, embedded_llm=embedded)

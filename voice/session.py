@@ -35,7 +35,7 @@ from voice.tracing import Moment, TurnTracer
 from voice.transports.websocket import ParleyWireSerializer, make_transport
 from voice.tts import PiperTTSStage
 from voice.turn_events import LLMWatcher, PlaybackWatcher, SpokenTextEmitter, TurnHooks, UserTurnWatcher
-from voice.turns import user_turn_params
+from voice.turns import SegmentTracker, user_turn_params
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,10 @@ class Session(TurnHooks):
         transport = make_transport(self._ws, serializer, self.output_sample_rate)
         context = LLMContext()
         self._context = context
+        segments = SegmentTracker()
         user_turns, assistant_history = LLMContextAggregatorPair(
-            context, user_params=user_turn_params(s.vad_start_secs, s.vad_stop_secs, s.turn_pause_secs)
+            context,
+            user_params=user_turn_params(segments, s.vad_start_secs, s.vad_stop_secs, s.turn_pause_secs),
         )
         knowledge = KnowledgeContextProcessor(
             e.retriever,
@@ -118,7 +120,7 @@ class Session(TurnHooks):
         pipeline = Pipeline(
             [
                 transport.input(),
-                WhisperSTTStage(e.stt, self.tracer),
+                WhisperSTTStage(e.stt, self.tracer, segments),
                 user_turns,
                 UserTurnWatcher(self),
                 knowledge,

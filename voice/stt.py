@@ -22,6 +22,7 @@ from pipecat.utils.time import time_now_iso8601
 
 from voice.audio import pcm16_to_float
 from voice.tracing import Moment, TurnTracer
+from voice.turns import SegmentTracker
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class WhisperEngine:
         self.compute_type = compute_type
         self.beam_size = beam_size
         self.language = language or None
+        # Words the callers will use (the knowledge base's headings): Whisper spells them right
+        # when it has seen them in its prompt ("tune-up", not "two-up").
+        self.vocabulary: str | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -106,6 +110,7 @@ class WhisperEngine:
                 # The VAD already cut the speech out; Whisper's own VAD would run a second model.
                 vad_filter=False,
                 without_timestamps=True,
+                initial_prompt=self.vocabulary or None,
             )
             text = " ".join(s.text.strip() for s in segments if s.text.strip()).strip()
         if not any(ch.isalnum() for ch in text):
@@ -131,7 +136,7 @@ class WhisperSTTStage(SegmentedSTTService):
     pre-roll) and calls `run_stt` once per segment, in order, off the audio path.
     """
 
-    def __init__(self, engine: WhisperEngine, tracer: TurnTracer, **kwargs):
+    def __init__(self, engine: WhisperEngine, tracer: TurnTracer, segments: SegmentTracker, **kwargs):
         super().__init__(
             sample_rate=WHISPER_SAMPLE_RATE,
             ttfs_p99_latency=STT_P99_LATENCY_S,
@@ -140,6 +145,7 @@ class WhisperSTTStage(SegmentedSTTService):
         )
         self._engine = engine
         self._tracer = tracer
+        self._segments = segments
 
     @property
     def wants_wav_segments(self) -> bool:
@@ -150,12 +156,16 @@ class WhisperSTTStage(SegmentedSTTService):
 
     async def run_stt(self, audio: bytes):
         self._tracer.mark_pending(Moment.STT_START)
-        await self.start_processing_metrics()
-        result = await self._engine.transcribe(audio)
-        await self.stop_processing_metrics()
-        self._tracer.mark_pending(Moment.STT_END)
-        log.debug("STT %.0f ms of audio in %.0f ms: %r", result.audio_ms, result.elapsed_ms, result.text)
-        if result.text:
-            yield TranscriptionFrame(
-                result.text, self._user_id, time_now_iso8601(), language=self._engine.language
-            )
+        try:
+            await self.start_processing_metrics()
+            result = await self._engine.transcribe(audio)
+            await self.stop_processing_metrics()
+            self._tracer.mark_pending(Moment.STT_END)
+            log.debug("STT %.0f ms of audio in %.0f ms: %r", result.audio_ms, result.elapsed_ms, result.text)
+            if result.text:
+                yield TranscriptionFrame(
+                    result.text, self._user_id, time_now_iso8601(), language=self._engine.language
+                )
+        finally:
+            # Counted even when nothing was heard or Whisper failed: the turn must not wait for it.
+            await self._segments.segment_done()

@@ -88,6 +88,11 @@ def fts_query(query: str) -> str:
     return " OR ".join(f'"{word.replace("-", " ")}"' for word in keywords(query))
 
 
+# Whisper reads at most 224 prompt tokens; ~640 characters of headings is ~140 tokens, enough to
+# teach it the business's words ("tune-up", "e-bike") without slowing decoding.
+VOCABULARY_MAX_CHARS = 640
+
+
 class Retriever:
     """Hybrid keyword + vector search over a `KnowledgeStore`."""
 
@@ -108,6 +113,21 @@ class Retriever:
                 fused[pid] = fused.get(pid, 0.0) + 1.0 / (RRF_K + rank)
         best = sorted(fused, key=lambda pid: fused[pid], reverse=True)[:k]
         return [Hit(p.source, p.heading, p.text, fused[p.id]) for p in self.store.get(best)]
+
+    def vocabulary(self, max_chars: int = VOCABULARY_MAX_CHARS) -> str:
+        """The knowledge base's headings as one line, in order: the words callers will use."""
+        seen: list[str] = []
+        for passage in self.store.get(self.store.passage_ids()):
+            for part in passage.heading.split(" > "):
+                if part not in seen:
+                    seen.append(part)
+        line = ""
+        for term in seen:
+            candidate = f"{line}, {term}" if line else term
+            if len(candidate) > max_chars:
+                break
+            line = candidate
+        return f"{line}." if line else ""
 
     def keyword_search(self, query: str, k: int) -> list[tuple[int, float]]:
         """FTS5 bm25 search alone: (passage id, score) best first."""
