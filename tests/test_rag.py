@@ -196,7 +196,7 @@ def test_search_returns_k_hits_best_first(retriever: Retriever) -> None:
 def test_format_context_labels_each_passage_with_its_heading(retriever: Retriever) -> None:
     context = format_context(retriever.search("What time do you open on Saturday?"))
     assert context.startswith("[Opening hours > Weekly hours]\n")
-    assert "Saturday: 9 am to 5 pm" in context
+    assert "On Saturday we are open from 9 am to 5 pm" in context
 
 
 def test_searching_from_worker_threads_is_safe(retriever: Retriever) -> None:
