@@ -29,6 +29,8 @@ from tests.conftest import speak, start_server, stop_server  # noqa: E402
 
 QUESTIONS = json.loads((ROOT / "benchmarks" / "questions.json").read_text())
 SILENCE_AFTER_S = 4.0  # longer than any end-of-turn wait, so the turn always ends on its own
+IDLE_SESSIONS = 4  # extra sessions opened to measure what one costs in memory
+IDLE_SECONDS = 3.0  # long enough for every pipeline stage to have started and allocated
 FIGURES = ("endpoint", "stt", "rag", "llm_ttft", "first_sentence", "tts_ttfa", "send", "voice_to_voice")
 
 
@@ -65,6 +67,33 @@ async def run(url: str, runs: int, warmup: int) -> list[dict]:
     return rows
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def memory(url: str, pid: int, sessions: int = IDLE_SESSIONS) -> tuple[float, float]:
+    """(server RSS in MB with its models loaded, RSS in MB added per extra idle session)."""
+    import websockets
+
+    base = rss_mb(pid)
+    sockets = []
+    for _ in range(sessions):
+        ws = await websockets.connect(url)
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000}))
+        await ws.recv()
+        sockets.append(ws)
+    for _ in range(int(IDLE_SECONDS * 50)):  # everyone streams silence in 20 ms frames
+        await asyncio.gather(*(ws.send(bytes(640)) for ws in sockets))
+        await asyncio.sleep(0.02)
+    loaded = rss_mb(pid)
+    for ws in sockets:
+        await ws.close()
+    return base, (loaded - base) / sessions
+
+
 def summarise(rows: list[dict]) -> None:
     measured = [r for r in rows if not r["warmup"]]
     print(f"\n{len(measured)} turns on {platform.processor() or platform.machine()}, {platform.node()}")
@@ -91,12 +120,17 @@ def main() -> int:
     if url is None:
         server = start_server(Path(tempfile.mkdtemp(prefix="parley-bench-")))
         url = server.ws_url
+    mem = None
     try:
         rows = asyncio.run(run(url, args.runs, args.warmup))
+        if server:
+            mem = asyncio.run(memory(url, server.process.pid))
     finally:
         if server:
             stop_server(server)
     summarise(rows)
+    if mem:
+        print(f"memory: server RSS {mem[0]:.0f} MB after the run; +{mem[1]:.1f} MB per extra idle session")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

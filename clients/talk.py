@@ -17,6 +17,9 @@ import numpy as np
 import websockets
 
 FRAME_MS = 20  # what a browser's capture sends; small frames keep the VAD's view current
+# A sample louder than this (about -36 dBFS) is speech, not the file's trailing silence: the
+# client-side clock starts when the last one is sent, not when the WAV file ends.
+SPEECH_LEVEL = 500
 WIRE_RATES = (8000, 16000, 24000, 48000)
 
 
@@ -27,7 +30,7 @@ class TalkResult:
     events: list[dict] = field(default_factory=list)
     audio: bytearray = field(default_factory=bytearray)
     output_sample_rate: int = 0
-    speech_end_s: float = 0.0  # client clock: when the last sample of speech was sent
+    speech_end_s: float = 0.0  # client clock: when the frame holding the last speech sample was sent
     first_audio_s: float | None = None  # client clock: first agent audio byte received
 
     def of(self, kind: str) -> list[dict]:
@@ -63,6 +66,12 @@ def read_wav(path: Path) -> tuple[bytes, int]:
         pcm = np.asarray(soxr.resample(pcm, rate, 16000), dtype="<i2")
         rate = 16000
     return pcm.tobytes(), rate
+
+
+def last_loud_sample(pcm: bytes) -> int:
+    """Index of the last sample of speech (0 when there is none)."""
+    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32)) > SPEECH_LEVEL)
+    return int(loud[-1]) if loud.size else 0
 
 
 def write_wav(path: Path, pcm: bytes, rate: int) -> None:
@@ -115,13 +124,14 @@ async def talk(
                 padded = pcm + bytes((-len(pcm)) % frame_bytes)
                 frames = [padded[i : i + frame_bytes] for i in range(0, len(padded), frame_bytes)]
                 n_silence = int(silence_s * 1000 / FRAME_MS)
+                last_speech_frame = last_loud_sample(pcm) * 2 // frame_bytes
                 for i, frame in enumerate(frames + [silence] * n_silence):
                     # Real time: frame i leaves at start + i·20 ms, like a microphone.
                     delay = start + i * FRAME_MS / 1000 - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
                     await ws.send(frame)
-                    if i == len(frames) - 1:
+                    if i == last_speech_frame:
                         result.speech_end_s = time.monotonic()
                     if done.is_set():
                         break

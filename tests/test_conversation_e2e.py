@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -108,3 +109,14 @@ async def test_the_words_after_a_comma_pause_are_part_of_the_turn(server):
     assert {t["turn_id"] for t in transcripts} == {1}, transcripts
     final = transcripts[-1]["text"].lower()
     assert "flat" in final and "how much" in final, f"the turn's text is {final!r}"
+
+
+async def test_two_callers_at_once_each_get_their_own_answer(server):
+    saturday, tune_up = question("open on Saturday"), question("basic tune-up")
+    first, second = await asyncio.gather(
+        talk(server.ws_url, b"", 16000, text=saturday["question"], timeout_s=90),
+        talk(server.ws_url, b"", 16000, text=tune_up["question"], timeout_s=90),
+    )
+    assert states_fact(first.agent_text, saturday), f"first caller heard {first.agent_text!r}"
+    assert states_fact(second.agent_text, tune_up), f"second caller heard {second.agent_text!r}"
+    assert first.audio and second.audio

@@ -25,9 +25,13 @@ MAX_PASSAGE_CHARS = 600
 # heading are kept: "Opening hours > Sunday: Closed." is short but complete.
 MIN_PASSAGE_CHARS = 120
 SUFFIXES = (".md", ".markdown", ".txt")
+SPLIT_VERSION = 1  # bump when the splitting code changes in a way the constants don't show
 HEADING_SEPARATOR = " > "
 # Levels that start a new passage; deeper headings (####) are kept as text within their section.
 SPLIT_HEADING_LEVELS = 3
+SPLIT_SIGNATURE = (
+    f"v{SPLIT_VERSION}:{MAX_PASSAGE_CHARS}:{MIN_PASSAGE_CHARS}:{SPLIT_HEADING_LEVELS}\n".encode()
+)
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
@@ -119,7 +123,8 @@ def ingest_dir(knowledge_dir: Path, store: KnowledgeStore, embedder: Embedder) -
     for path in _knowledge_files(knowledge_dir):
         source = path.relative_to(knowledge_dir).as_posix()
         present.add(source)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        # The splitting rules are part of the digest: change them and every file is re-split.
+        digest = hashlib.sha256(SPLIT_SIGNATURE + path.read_bytes()).hexdigest()
         if known.get(source) == digest:
             report.files_unchanged.append(source)
             continue
