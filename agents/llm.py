@@ -35,7 +35,7 @@ class LLMEndpoint:
 class EmbeddedLLM:
     """llama.cpp in this process, reachable over loopback HTTP with a per-process secret key."""
 
-    def __init__(self, server, endpoint: LLMEndpoint, gguf: Path):
+    def __init__(self, server, endpoint: LLMEndpoint, gguf: Path | str):
         self._server = server  # keeps the native server alive
         self.endpoint = endpoint
         self.gguf = gguf
@@ -43,18 +43,25 @@ class EmbeddedLLM:
     @classmethod
     def start(
         cls,
-        gguf: Path,
+        gguf: Path | str,
         threads: int = 2,
         context_tokens: int = 4096,
         parallel: int = 4,
         gpu_layers: int | None = None,
     ) -> EmbeddedLLM:
-        """Load the GGUF and start serving. Blocking: call in a thread."""
+        """Load the GGUF (a path, or "owner/repo[:file]" fetched by llama.cpp for online users) and
+        start serving. Blocking: call in a thread."""
         import xllamacpp
 
         start = time.monotonic()
         params = xllamacpp.CommonParams()
-        params.model.path = str(gguf)
+        if isinstance(gguf, Path):
+            params.model.path = str(gguf)
+        else:
+            repo, _, file = gguf.partition(":")
+            params.model.hf_repo = repo
+            if file:
+                params.model.hf_file = file
         params.n_parallel = parallel
         # n_ctx is shared by the slots: each session's slot gets context_tokens.
         params.n_ctx = context_tokens * parallel
@@ -73,7 +80,7 @@ class EmbeddedLLM:
         server = xllamacpp.Server(params)
         base = server.listening_address.rstrip("/")
         endpoint = LLMEndpoint(f"{base}/v1", EMBEDDED_MODEL_NAME, key, embedded=True)
-        log.info("embedded LLM %s on %s in %.2fs", gguf.name, base, time.monotonic() - start)
+        log.info("embedded LLM %s on %s in %.2fs", gguf, base, time.monotonic() - start)
         return cls(server, endpoint, gguf)
 
 

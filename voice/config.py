@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     )
 
     # --- RAG
+    embedding_model: str = Field(
+        "",
+        description="A folder with model.onnx and tokenizer.json (a sentence-transformers ONNX export); empty for MiniLM.",
+    )
     knowledge_dir: Path = Field(KNOWLEDGE_DEFAULT, description="Markdown/text files the agent answers from.")
     rag_top_k: int = Field(
         3,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +15,13 @@ from agents.rag.retrieve import Retriever, open_knowledge
 from voice import models
 from voice.config import Settings
 from voice.stt import WhisperEngine
-from voice.tts import PiperEngine
+from voice.tts import PiperEngine, fetch_piper_voice
 
 log = logging.getLogger(__name__)
+
+
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(?::[\w./-]+)?$")  # owner/repo, or owner/repo:file.gguf
+PIPER_VOICE_NAME = re.compile(r"^[a-z]{2,3}_[A-Z]{2}-[\w]+-(x_low|low|medium|high)$")  # en_US-lessac-medium
 
 
 @dataclass
@@ -24,36 +29,60 @@ class ModelPaths:
     """Where each model comes from, resolved from settings before anything loads."""
 
     stt: str  # a CTranslate2 folder, or a hub id for users who are online
-    tts: Path
-    llm_gguf: Path | None  # None when a remote OpenAI-compatible endpoint is configured
+    tts: Path | str  # a Piper .onnx, or a Piper voice name to download (online users)
+    llm_gguf: Path | str | None  # a GGUF file, "owner/repo[:file]" on the hub, or None for a remote endpoint
     embeddings: Path
 
 
 def resolve_models(settings: Settings) -> ModelPaths:
     """Assemble (once) and verify the embedded defaults that settings don't replace.
 
-    Raises models.ModelError with what to run when a carrier is missing or a file is damaged.
+    Each model can be replaced by a local path; STT, TTS and the LLM also by a hub id or voice
+    name, fetched by their own libraries for users who are online. Raises models.ModelError with
+    what to do when something is missing or damaged.
     """
     home = settings.home
     stt = settings.stt_model or str(models.ensure("whisper-base", home))
-    if settings.tts_voice:
+    tts: Path | str
+    if not settings.tts_voice:
+        tts = models.ensure("piper-joe-medium", home) / "voice.onnx"
+    elif PIPER_VOICE_NAME.match(settings.tts_voice) and not Path(settings.tts_voice).exists():
+        tts = settings.tts_voice
+    else:
         tts = Path(settings.tts_voice)
         if not tts.is_file() or not Path(f"{tts}.json").is_file():
             raise models.ModelError(
-                f"PARLEY_TTS_VOICE={tts}: need the .onnx file and its .onnx.json beside it."
+                f"PARLEY_TTS_VOICE={tts}: need the .onnx file and its .onnx.json beside it "
+                "(or a Piper voice name such as en_US-lessac-medium, if you are online)."
+            )
+    gguf: Path | str | None = None
+    if not settings.llm_base_url:
+        if not settings.llm_gguf:
+            gguf = models.ensure("qwen2.5-0.5b-instruct", home) / "model.gguf"
+        elif Path(settings.llm_gguf).is_file():
+            gguf = Path(settings.llm_gguf)
+        elif HUB_ID.match(settings.llm_gguf):
+            gguf = settings.llm_gguf
+        else:
+            raise models.ModelError(
+                f"PARLEY_LLM_GGUF={settings.llm_gguf} is not a file (nor a hub id such as owner/repo:file.gguf)."
+            )
+    if settings.embedding_model:
+        embeddings = Path(settings.embedding_model)
+        if not (embeddings / "model.onnx").is_file() or not (embeddings / "tokenizer.json").is_file():
+            raise models.ModelError(
+                f"PARLEY_EMBEDDING_MODEL={embeddings}: need a folder with model.onnx and tokenizer.json."
             )
     else:
-        tts = models.ensure("piper-joe-medium", home) / "voice.onnx"
-    gguf: Path | None = None
-    if not settings.llm_base_url:
-        gguf = (
-            Path(settings.llm_gguf)
-            if settings.llm_gguf
-            else models.ensure("qwen2.5-0.5b-instruct", home) / "model.gguf"
-        )
-        if not gguf.is_file():
-            raise models.ModelError(f"PARLEY_LLM_GGUF={gguf} is not a file.")
-    return ModelPaths(stt=stt, tts=tts, llm_gguf=gguf, embeddings=models.ensure("minilm-l6-int8", home))
+        embeddings = models.ensure("minilm-l6-int8", home)
+    return ModelPaths(stt=stt, tts=tts, llm_gguf=gguf, embeddings=embeddings)
+
+
+def model_name(source: Path | str) -> str:
+    """A readable name: the catalogue folder for embedded models, else the file or hub id."""
+    if isinstance(source, Path):
+        return source.parent.name if source.stem in ("model", "voice") else source.stem
+    return source
 
 
 @dataclass
@@ -68,9 +97,9 @@ class Engines:
         return {
             "stt": f"{self.stt.name} ({self.stt.device}/{self.stt.compute_type}, beam {self.stt.beam_size})",
             "tts": self.tts.name,
-            "llm": self.llm.model
-            if not self.llm.embedded
-            else f"{self.embedded_llm.gguf.name} (embedded llama.cpp)",
+            "llm": f"{model_name(self.embedded_llm.gguf)} (embedded llama.cpp)"
+            if self.embedded_llm
+            else self.llm.model,
         }
 
 
@@ -101,8 +130,18 @@ async def load_engines(settings: Settings, paths: ModelPaths) -> Engines:
         settings.stt_language,
         settings.stt_threads,
     )
+    voice = paths.tts
+    if isinstance(voice, str):  # a voice name: piper fetches it into the cache folder (online users)
+        voice = await _load(
+            "TTS",
+            voice,
+            "Check the name, or use a local .onnx file.",
+            fetch_piper_voice,
+            voice,
+            settings.home,
+        )
     tts = await _load(
-        "TTS", paths.tts, verify_hint, PiperEngine.load, paths.tts, settings.tts_threads, stt.device == "cuda"
+        "TTS", voice, verify_hint, PiperEngine.load, voice, settings.tts_threads, stt.device == "cuda"
     )
     embedder = await _load("embedding", paths.embeddings, verify_hint, Embedder.load, paths.embeddings)
     settings.home.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,18 @@ def speakable(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def fetch_piper_voice(name: str, home: Path) -> Path:
+    """Download a Piper voice by name into `home/voices` (needs internet; offline users pass a path)."""
+    from piper.download_voices import download_voice
+
+    folder = home / "voices"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.onnx"
+    if not path.is_file():
+        download_voice(name, folder)
+    return path
+
+
 class PiperEngine:
     """A loaded Piper voice; `synthesize` is thread-safe and yields s16le PCM at `sample_rate`."""
 
@@ -67,7 +79,9 @@ class PiperEngine:
         )
         session = onnxruntime.InferenceSession(str(model_path), sess_options=options, providers=providers)
         config = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
-        engine = cls(PiperVoice(session=session, config=config), Path(model_path).stem)
+        path = Path(model_path)
+        name = path.parent.name if path.stem == "voice" else path.stem  # the catalogue's folder is the name
+        engine = cls(PiperVoice(session=session, config=config), name)
         b"".join(engine.synthesize("Ready."))  # warm-up: the first call pays for allocations
         log.info("TTS %s loaded in %.2fs", model_path, time.monotonic() - start)
         return engine
