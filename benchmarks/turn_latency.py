@@ -8,6 +8,10 @@ real time over /ws as a microphone would, and followed by silence. It prints, pe
 server's `turn.trace` and the client-side voice-to-voice (the last speech sample sent → the first
 agent audio byte received), whether the answer states the expected fact, and then the median and
 p95 of every figure over all turns (warm-up turns excluded).
+
+Quote the first pass: llama.cpp keeps recent prompts in a RAM cache, so a second pass over the
+same questions finds its exact prompts cached and its LLM first token comes in ~50 ms, a figure
+no real caller would see.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import websockets
 
 from clients.talk import talk
 from tests.conftest import speak
@@ -120,3 +121,55 @@ async def test_two_callers_at_once_each_get_their_own_answer(server):
     assert states_fact(first.agent_text, saturday), f"first caller heard {first.agent_text!r}"
     assert states_fact(second.agent_text, tune_up), f"second caller heard {second.agent_text!r}"
     assert first.audio and second.audio
+
+
+async def test_speaking_over_the_agent_stops_its_audio(server):
+    """Barge-in: the caller talks while the agent is answering; the agent falls silent."""
+    long_answer = question("bring something back")
+    interruption = speak("Wait, stop please.")
+    frame = 640  # 20 ms at 16 kHz
+    async with websockets.connect(server.ws_url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000}))
+        assert json.loads(await ws.recv())["type"] == "session.ready"
+        await ws.send(json.dumps({"type": "input_text", "text": long_answer["question"]}))
+
+        audio_before = 0
+        while audio_before < 16000:  # the answer is being heard: ~0.4 s of it has arrived
+            message = await asyncio.wait_for(ws.recv(), 60)
+            if isinstance(message, bytes):
+                audio_before += len(message)
+
+        events: list[dict] = []
+        audio_after_interrupt = 0
+        interrupted_at = None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pcm = interruption + bytes(16000 * 2)  # the words, then a second of silence
+        for i in range(0, len(pcm), frame):
+            await ws.send(pcm[i : i + frame])
+            await asyncio.sleep(0.02)
+            while True:  # drain what has arrived, without blocking the microphone
+                try:
+                    message = await asyncio.wait_for(ws.recv(), 0.001)
+                except TimeoutError:
+                    break
+                if isinstance(message, bytes):
+                    if interrupted_at is not None:
+                        audio_after_interrupt += len(message)
+                    continue
+                event = json.loads(message)
+                events.append(event)
+                if event["type"] == "agent.interrupted" and interrupted_at is None:
+                    interrupted_at = loop.time() - started
+
+    assert interrupted_at is not None, f"the agent was never interrupted: {events}"
+    assert {"type": "agent.interrupted", "turn_id": 1} in events
+    assert not [e for e in events if e["type"] == "agent.audio_done" and e["turn_id"] == 1], (
+        "turn 1 can't finish"
+    )
+    # The output is paced in real time, so at most a chunk or two was already on its way.
+    assert audio_after_interrupt <= 2 * 1764 * 2, (
+        f"{audio_after_interrupt} bytes of audio after the interruption"
+    )
+    trace = next(e for e in events if e["type"] == "turn.trace" and e["turn_id"] == 1)
+    assert trace["interrupted"] is True
