@@ -90,6 +90,7 @@ class KnowledgeContextProcessor(FrameProcessor):
         if not isinstance(content, str) or content.startswith(FACTS_HEADER):
             log.debug("not grounding a message of type %s: %r", type(content).__name__, content)
             return  # already grounded (e.g. a re-run of the same turn)
+        self._last_added = []  # set again below; stale keys must not be forgotten if this is cancelled
         if self._on_start:
             self._on_start()
         try:

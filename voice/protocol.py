@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 
 SUPPORTED_SAMPLE_RATES = (8000, 16000, 24000, 48000)  # telephony, wideband, and the two browser rates
 MAX_AUDIO_FRAME_BYTES = 64 * 1024  # 64 KiB: ~2 s at 16 kHz; bigger frames would add latency anyway
 MAX_MESSAGE_BYTES = 1024 * 1024  # anything over 1 MiB is refused and the socket closed
 MAX_INPUT_TEXT_CHARS = 2000  # a typed turn longer than this is not a conversational turn
+WS_CLOSE_POLICY = 1008  # RFC 6455: policy violation
+WS_CLOSE_TOO_BIG = 1009  # RFC 6455: message too big to process
+WS_CLOSE_TRY_AGAIN = 1013  # RFC 6455: try again later (loading, or full)
 
 
 # --- client → server
@@ -29,6 +32,11 @@ class SessionStart(BaseModel):
 class InputText(BaseModel):
     type: Literal["input_text"]
     text: str = Field(min_length=1, max_length=MAX_INPUT_TEXT_CHARS)
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
 
 
 ClientMessage = Annotated[SessionStart | InputText, Field(discriminator="type")]
@@ -51,6 +59,10 @@ def parse_client_message(raw: str) -> SessionStart | InputText:
         data = json.loads(raw)
     except ValueError as exc:
         raise ProtocolError("invalid_json", f"Text messages must be JSON objects ({exc.msg}).") from None
+    except RecursionError:
+        raise ProtocolError(
+            "invalid_json", "Text messages must be flat JSON objects; this one nests too deep."
+        ) from None
     if not isinstance(data, dict) or "type" not in data:
         raise ProtocolError("invalid_message", 'Each text message must be a JSON object with a "type".')
     if data["type"] not in ("session.start", "input_text"):

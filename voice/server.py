@@ -20,9 +20,6 @@ from voice.session import Session
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0  # a client that never sends session.start is holding a socket for nothing
-WS_CLOSE_POLICY = 1008  # RFC 6455: policy violation
-WS_CLOSE_TRY_AGAIN = 1013  # RFC 6455: try again later (loading, or full)
-WS_CLOSE_TOO_BIG = 1009
 
 
 @dataclass
@@ -31,6 +28,7 @@ class ServerState:
     engines: Engines | None = None
     load_error: str | None = None
     sessions: dict[str, Session] = field(default_factory=dict)
+    connections: int = 0  # sockets holding a session or still in the handshake
 
 
 def create_app(settings: Settings | None = None, paths: ModelPaths | None = None) -> FastAPI:
@@ -74,29 +72,33 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
         await websocket.accept()
         if state.engines is None:
             reason = state.load_error or "models are still loading; retry when GET /health answers 200"
-            await _refuse(websocket, "not_ready", reason, WS_CLOSE_TRY_AGAIN)
+            await _refuse(websocket, "not_ready", reason, protocol.WS_CLOSE_TRY_AGAIN)
             return
-        if len(state.sessions) >= settings.max_sessions:
+        if state.connections >= settings.max_sessions:
             await _refuse(
                 websocket,
                 "busy",
                 f"All {settings.max_sessions} sessions are in use; retry later.",
-                WS_CLOSE_TRY_AGAIN,
+                protocol.WS_CLOSE_TRY_AGAIN,
             )
             return
-        rate = await _await_session_start(websocket)
-        if rate is None:
-            return
-        session = Session(websocket, state.engines, settings, rate)
-        state.sessions[session.id] = session
+        state.connections += 1  # reserved before the handshake, so simultaneous clients can't overfill
+        session = None
         try:
+            rate = await _await_session_start(websocket)
+            if rate is None:
+                return
+            session = Session(websocket, state.engines, settings, rate)
+            state.sessions[session.id] = session
             await session.run()
         except Exception:  # noqa: BLE001 - one session's failure must not reach the others
-            log.exception("session %s failed", session.id)
+            log.exception("session %s failed", session.id if session else "(handshake)")
             with contextlib.suppress(Exception):
                 await _send_error(websocket, "internal", "The session failed; please reconnect.")
         finally:
-            state.sessions.pop(session.id, None)
+            state.connections -= 1
+            if session is not None:
+                state.sessions.pop(session.id, None)
             if websocket.client_state == WebSocketState.CONNECTED:
                 with contextlib.suppress(Exception):
                     await websocket.close()
@@ -124,7 +126,13 @@ async def _await_session_start(websocket: WebSocket) -> int | None:
         try:
             message = await asyncio.wait_for(websocket.receive(), timeout=max(0.0, deadline - loop.time()))
         except TimeoutError:
-            await _refuse(websocket, "start_timeout", "No session.start within 30 s.", WS_CLOSE_POLICY)
+            await _refuse(
+                websocket,
+                "start_timeout",
+                f'No session.start within {START_TIMEOUT_S:.0f} s: send {{"type": "session.start", "sample_rate": N}} '
+                "first when you connect.",
+                protocol.WS_CLOSE_POLICY,
+            )
             return None
         except WebSocketDisconnect:
             return None
@@ -138,7 +146,7 @@ async def _await_session_start(websocket: WebSocket) -> int | None:
                 websocket,
                 "message_too_big",
                 f"Messages are limited to {protocol.MAX_MESSAGE_BYTES} bytes.",
-                WS_CLOSE_TOO_BIG,
+                protocol.WS_CLOSE_TOO_BIG,
             )
             return None
         if isinstance(data, bytes):

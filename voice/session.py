@@ -16,7 +16,7 @@ import time
 import uuid
 
 from fastapi import WebSocket
-from pipecat.frames.frames import InterruptionWorkerFrame, LLMMessagesAppendFrame
+from pipecat.frames.frames import InterruptionWorkerFrame, LLMMessagesAppendFrame, LLMRunFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -35,11 +35,10 @@ from voice.tracing import Moment, TurnTracer
 from voice.transports.websocket import ParleyWireSerializer, make_transport
 from voice.tts import PiperTTSStage
 from voice.turn_events import LLMWatcher, PlaybackWatcher, SpokenTextEmitter, TurnHooks, UserTurnWatcher
-from voice.turns import SegmentTracker, user_turn_params
+from voice.turns import user_turn_params
 
 log = logging.getLogger(__name__)
 
-WS_CLOSE_TOO_BIG = 1009  # RFC 6455: message too big to process
 NS_PER_S = 1_000_000_000
 # How long a typed turn waits for the interruption of the previous answer to pass through the
 # pipeline (it takes a few ms; the bound only guards against a stuck stage).
@@ -58,7 +57,11 @@ class Session(TurnHooks):
         self.tracer = TurnTracer(time.monotonic_ns)
         self.turn_id = 0
         self._agent_active = False  # an answer is being prepared or played
-        self._typed_pending = False
+        self._typed_pending: str | None = None  # text of a typed turn on its way to the agent
+        self._typed_tasks: set[asyncio.Task] = set()
+        self._response_started = False  # the LLM began answering the current turn
+        self._output_muted = False  # between an interruption and the next turn: no agent audio goes out
+        self._resuming = False  # the answer is being re-run after noise cut it off
         self._send_lock = asyncio.Lock()
         self._interrupt_seen = asyncio.Event()
         self._answer_audible = False  # the current answer's first audio has gone out
@@ -88,7 +91,7 @@ class Session(TurnHooks):
         await self.send(protocol.ErrorEvent(code=exc.code, message=exc.message))
         if exc.fatal:
             with contextlib.suppress(RuntimeError, OSError):
-                await self._ws.close(code=WS_CLOSE_TOO_BIG, reason=exc.code)
+                await self._ws.close(code=protocol.WS_CLOSE_TOO_BIG, reason=exc.code)
             await self.stop()
 
     # --- pipeline ------------------------------------------------------------------------------
@@ -104,10 +107,11 @@ class Session(TurnHooks):
         transport = make_transport(self._ws, serializer, self.output_sample_rate)
         context = LLMContext()
         self._context = context
-        segments = SegmentTracker()
         user_turns, assistant_history = LLMContextAggregatorPair(
             context,
-            user_params=user_turn_params(segments, s.vad_start_secs, s.vad_stop_secs, s.turn_pause_secs),
+            user_params=user_turn_params(
+                s.vad_start_secs, s.vad_stop_secs, s.turn_pause_secs, on_nothing_heard=self._nothing_heard
+            ),
         )
         knowledge = KnowledgeContextProcessor(
             e.retriever,
@@ -120,12 +124,12 @@ class Session(TurnHooks):
         pipeline = Pipeline(
             [
                 transport.input(),
-                WhisperSTTStage(e.stt, self.tracer, segments),
+                WhisperSTTStage(e.stt, self.tracer),
                 user_turns,
                 UserTurnWatcher(self),
                 knowledge,
                 llm,
-                LLMWatcher(self.tracer),
+                LLMWatcher(self.tracer, self),
                 PiperTTSStage(e.tts, self.tracer),
                 SpokenTextEmitter(self),
                 transport.output(),
@@ -163,13 +167,21 @@ class Session(TurnHooks):
             log.info("session %s: ended after %d turns", self.id, self.turn_id)
 
     async def stop(self) -> None:
+        for task in list(self._typed_tasks):
+            task.cancel()
         if self._worker is not None and not self._worker.has_finished():
             await self._worker.cancel()
 
     # --- hooks from the pipeline -----------------------------------------------------------------
 
     async def _typed_text(self, text: str) -> None:
-        """A typed turn: interrupts the agent like speech would, then goes straight to the agent."""
+        """A typed turn, handed off so the transport's receive loop keeps reading audio."""
+        task = asyncio.create_task(self._typed_turn(text))
+        self._typed_tasks.add(task)
+        task.add_done_callback(self._typed_tasks.discard)
+
+    async def _typed_turn(self, text: str) -> None:
+        """Interrupts the agent like speech would, then goes straight to the agent."""
         if self._agent_active:
             # The interruption travels the pipeline on its own; the new turn must start after it,
             # or it would be the one cancelled.
@@ -177,14 +189,18 @@ class Session(TurnHooks):
             await self._worker.queue_frame(InterruptionWorkerFrame())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._interrupt_seen.wait(), INTERRUPT_SETTLE_TIMEOUT_S)
-        self._typed_pending = True
+        self._typed_pending = text
         await self._worker.queue_frame(
             LLMMessagesAppendFrame(messages=[{"role": "user", "content": text}], run_llm=True)
         )
 
-    def _audio_sent(self, nbytes: int) -> None:
+    def _audio_sent(self, nbytes: int) -> bool:
+        """The serializer asks before each agent audio chunk goes out; False drops it."""
+        if self._output_muted:
+            return False  # the rest of an interrupted answer, still on its way through the pipeline
         self._answer_audible = True
         self.tracer.mark(Moment.FIRST_AUDIO_SENT)
+        return True
 
     async def user_speech_started(self) -> None:
         await self.send(protocol.UserSpeechStarted())
@@ -197,31 +213,63 @@ class Session(TurnHooks):
         await self.send(protocol.UserSpeechStopped())
 
     async def turn_ended(self, text: str) -> None:
+        resumed, self._resuming = self._resuming, False
+        typed = self._typed_pending is not None and text == self._typed_pending
+        if typed:
+            self._typed_pending = None
+        self._output_muted = False
+        self._response_started = False
+        self._agent_active = True
+        self._answer_audible = False
+        if resumed:
+            # The same question again, after noise cut the first attempt off: same turn, same text.
+            self.tracer.start_turn(self.turn_id, typed=True)
+            return
         if self._continues is not None:
             # The user resumed before hearing anything: same turn, the whole question.
             merged = merge_continued_turn(self._context.get_messages(), self._continues)
             if merged is not None:
                 self._knowledge.forget_last()
                 text = merged
+            else:
+                self.turn_id += 1
         else:
             self.turn_id += 1
         self._continues = None
         self._last_user_text = text
-        record = self.tracer.start_turn(self.turn_id, typed=self._typed_pending)
+        record = self.tracer.start_turn(self.turn_id, typed=typed)
         record.text_chars = len(text)
-        self._typed_pending = False
-        self._agent_active = True
-        self._answer_audible = False
         await self.send(protocol.UserTranscript(turn_id=self.turn_id, text=text))
 
     def current_turn_id(self) -> int:
         return self.turn_id
+
+    async def _nothing_heard(self) -> None:
+        """The user's sound had no words (a cough, a door). If it cut off an answer nobody had
+        heard yet, ask again: the question still stands."""
+        if self._continues is None or self._agent_active:
+            return
+        log.info(
+            "session %s: noise interrupted an unheard answer; answering turn %d again", self.id, self.turn_id
+        )
+        self._continues = None
+        self._resuming = True
+        await self._worker.queue_frame(LLMRunFrame())
+
+    def llm_response_started(self) -> None:
+        if self._agent_active:
+            self._response_started = True
+
+    def response_in_progress(self) -> bool:
+        """False for the tail of an answer that was cancelled before the current turn began."""
+        return self._agent_active and self._response_started
 
     async def interrupted(self) -> None:
         self._interrupt_seen.set()
         if not self._agent_active:
             return  # pipecat interrupts at every turn start; only an agent that was busy is "interrupted"
         self._agent_active = False
+        self._output_muted = True
         if not self._answer_audible:
             # Nothing was heard yet: the user is continuing their turn, not cutting the agent off.
             self._continues = self._last_user_text
@@ -233,12 +281,22 @@ class Session(TurnHooks):
         await self._send_trace()
 
     async def audio_done(self) -> None:
-        if not self._agent_active:
+        if not self.response_in_progress():
             return
         self._agent_active = False
         self.tracer.mark(Moment.AUDIO_DONE)
         await self.send(protocol.AgentAudioDone(turn_id=self.turn_id))
         await self._send_trace()
+
+    async def stage_failed(self, error: str) -> None:
+        log.error("session %s turn %d: a stage failed: %s", self.id, self.turn_id, error)
+        await self.send(
+            protocol.ErrorEvent(
+                code="stage_failed",
+                message=f"The agent could not answer this turn ({error}). Try again; if it persists, "
+                "check the server log (and PARLEY_LLM_BASE_URL for a remote LLM).",
+            )
+        )
 
     async def _send_trace(self) -> None:
         record = self.tracer.current

@@ -22,7 +22,7 @@ from pipecat.utils.time import time_now_iso8601
 
 from voice.audio import pcm16_to_float
 from voice.tracing import Moment, TurnTracer
-from voice.turns import SegmentTracker
+from voice.turns import SpeechSegmentDoneFrame
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,6 @@ NO_SPEECH_THRESHOLD = 0.6
 # Speech end → transcript, p99, for whisper base on 2 CPU cores; pipecat's end-of-turn timer waits
 # at most this long for a transcript that never comes.
 STT_P99_LATENCY_S = 1.5
-# Below this many ms there is no word to find; skipping saves a pointless model call.
-MIN_AUDIO_MS = 120
 
 
 def pick_device(requested: str) -> tuple[str, str]:
@@ -97,8 +95,6 @@ class WhisperEngine:
         """Transcribe 16 kHz float32 mono samples."""
         audio_ms = 1000.0 * len(samples) / WHISPER_SAMPLE_RATE
         start = time.monotonic()
-        if audio_ms < MIN_AUDIO_MS:
-            return Transcript("", audio_ms, 0.0)
         with self._lock:
             segments, _info = self._model.transcribe(
                 samples,
@@ -136,7 +132,7 @@ class WhisperSTTStage(SegmentedSTTService):
     pre-roll) and calls `run_stt` once per segment, in order, off the audio path.
     """
 
-    def __init__(self, engine: WhisperEngine, tracer: TurnTracer, segments: SegmentTracker, **kwargs):
+    def __init__(self, engine: WhisperEngine, tracer: TurnTracer, **kwargs):
         super().__init__(
             sample_rate=WHISPER_SAMPLE_RATE,
             ttfs_p99_latency=STT_P99_LATENCY_S,
@@ -145,7 +141,6 @@ class WhisperSTTStage(SegmentedSTTService):
         )
         self._engine = engine
         self._tracer = tracer
-        self._segments = segments
 
     @property
     def wants_wav_segments(self) -> bool:
@@ -156,16 +151,17 @@ class WhisperSTTStage(SegmentedSTTService):
 
     async def run_stt(self, audio: bytes):
         self._tracer.mark_pending(Moment.STT_START)
+        text = ""
         try:
             await self.start_processing_metrics()
             result = await self._engine.transcribe(audio)
             await self.stop_processing_metrics()
-            self._tracer.mark_pending(Moment.STT_END)
-            log.debug("STT %.0f ms of audio in %.0f ms: %r", result.audio_ms, result.elapsed_ms, result.text)
-            if result.text:
-                yield TranscriptionFrame(
-                    result.text, self._user_id, time_now_iso8601(), language=self._engine.language
-                )
-        finally:
-            # Counted even when nothing was heard or Whisper failed: the turn must not wait for it.
-            await self._segments.segment_done()
+            text = result.text
+            log.debug("STT %.0f ms of audio in %.0f ms: %r", result.audio_ms, result.elapsed_ms, text)
+        except Exception:  # noqa: BLE001 - one failed segment must not stall the turn
+            log.exception("transcription failed; the segment counts as silence")
+        self._tracer.mark_pending(Moment.STT_END)
+        if text:
+            yield TranscriptionFrame(text, self._user_id, time_now_iso8601(), language=self._engine.language)
+        # Sent even when nothing was heard: the end-of-turn strategy must not wait for this segment.
+        yield SpeechSegmentDoneFrame(heard_words=bool(text))

@@ -7,10 +7,12 @@ from collections.abc import Awaitable, Callable
 
 from pipecat.frames.frames import (
     AggregatedTextFrame,
+    ErrorFrame,
     Frame,
     InterruptionFrame,
     LLMContextFrame,
     LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
     LLMTextFrame,
     OutputTransportMessageFrame,
     TTSTextFrame,
@@ -32,6 +34,9 @@ class TurnHooks:
     async def interrupted(self) -> None: ...
     def current_turn_id(self) -> int: ...
     async def audio_done(self) -> None: ...
+    def llm_response_started(self) -> None: ...
+    def response_in_progress(self) -> bool: ...
+    async def stage_failed(self, error: str) -> None: ...
 
 
 class UserTurnWatcher(FrameProcessor):
@@ -54,21 +59,28 @@ class UserTurnWatcher(FrameProcessor):
                 messages = frame.context.get_messages()
                 text = messages[-1].get("content", "") if messages else ""
                 await self._hooks.turn_ended(text if isinstance(text, str) else "")
+        elif isinstance(frame, ErrorFrame):
+            # Stages report failures upstream (an unreachable LLM, a TTS error): tell the caller.
+            await self._hooks.stage_failed(frame.error)
         await self.push_frame(frame, direction)
 
 
 class LLMWatcher(FrameProcessor):
     """Between the LLM and TTS: stamps the first token and the end of the stream."""
 
-    def __init__(self, tracer: TurnTracer, **kwargs):
+    def __init__(self, tracer: TurnTracer, hooks: TurnHooks, **kwargs):
         super().__init__(**kwargs)
         self._tracer = tracer
+        self._hooks = hooks
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
-        if isinstance(frame, LLMTextFrame) and frame.text.strip():
+        if isinstance(frame, LLMFullResponseStartFrame):
+            self._hooks.llm_response_started()
+        elif isinstance(frame, LLMTextFrame) and frame.text.strip() and self._hooks.response_in_progress():
             self._tracer.mark(Moment.LLM_FIRST_TOKEN)
-        elif isinstance(frame, LLMFullResponseEndFrame):
+        elif isinstance(frame, LLMFullResponseEndFrame) and self._hooks.response_in_progress():
+            # The end of a cancelled answer can arrive after the next turn began: not this turn's.
             self._tracer.mark(Moment.LLM_END)
         await self.push_frame(frame, direction)
 

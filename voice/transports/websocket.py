@@ -40,7 +40,7 @@ class ParleyWireSerializer(FrameSerializer):
         input_sample_rate: int,
         on_error: ErrorSink,
         on_text: TextSink,
-        on_audio_sent: Callable[[int], None],
+        on_audio_sent: Callable[[int], bool],
     ):
         super().__init__()
         self._input_rate = input_sample_rate
@@ -51,9 +51,9 @@ class ParleyWireSerializer(FrameSerializer):
 
     async def serialize(self, frame: Frame) -> str | bytes | None:
         if isinstance(frame, OutputAudioRawFrame):
-            # The output transport paces these in real time: this is the moment the bytes go out.
-            self._on_audio_sent(len(frame.audio))
-            return frame.audio
+            # The output transport paces these in real time: this is the moment the bytes go out
+            # (unless the session says this answer was interrupted).
+            return frame.audio if self._on_audio_sent(len(frame.audio)) else None
         if isinstance(frame, OutputTransportMessageFrame | OutputTransportMessageUrgentFrame):
             return protocol.json_dumps(frame.message)
         return None  # interruptions are announced by the session, with the turn id
@@ -65,6 +65,14 @@ class ParleyWireSerializer(FrameSerializer):
             return await self._text(data)
         except protocol.ProtocolError as exc:
             await self._on_error(exc)
+            return None
+        except Exception:  # noqa: BLE001 - a bug here must not end the session: report and read on
+            log.exception("could not handle a client message")
+            await self._on_error(
+                protocol.ProtocolError(
+                    "internal", "That message could not be handled (server bug, logged); carry on."
+                )
+            )
             return None
 
     def _audio(self, data: bytes) -> InputAudioRawFrame | None:
@@ -96,7 +104,10 @@ class ParleyWireSerializer(FrameSerializer):
             )
         message = protocol.parse_client_message(data)
         if isinstance(message, protocol.SessionStart):
-            raise protocol.ProtocolError("already_started", "The session has already started.")
+            raise protocol.ProtocolError(
+                "already_started",
+                "The session has already started: send audio or input_text (reconnect to change the sample rate).",
+            )
         await self._on_text(message.text)
         return None
 
