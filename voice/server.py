@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from voice import protocol
@@ -19,6 +21,7 @@ from voice.session import Session
 
 log = logging.getLogger(__name__)
 
+WEB_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
 START_TIMEOUT_S = 30.0  # a client that never sends session.start is holding a socket for nothing
 
 
@@ -103,6 +106,8 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
                 with contextlib.suppress(Exception):
                     await websocket.close()
 
+    # The browser client, last: the routes above take precedence over the static files.
+    app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app
 
 
