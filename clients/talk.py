@@ -30,6 +30,7 @@ class TalkResult:
     events: list[dict] = field(default_factory=list)
     audio: bytearray = field(default_factory=bytearray)
     output_sample_rate: int = 0
+    session_id: str = ""
     speech_end_s: float = 0.0  # client clock: when the frame holding the last speech sample was sent
     first_audio_s: float | None = None  # client clock: first agent audio byte received
 
@@ -99,6 +100,7 @@ async def talk(
         if ready.get("type") != "session.ready":
             raise RuntimeError(f"server refused the session: {ready}")
         result.output_sample_rate = ready["output_sample_rate"]
+        result.session_id = ready["session_id"]
         done = asyncio.Event()
 
         async def receive():

@@ -63,6 +63,7 @@ class RunningServer:
     ws_url: str
     process: subprocess.Popen
     log_path: Path
+    trace_log: Path | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -91,7 +92,14 @@ def start_server(
         stdout=log_path.open("w"),
         stderr=subprocess.STDOUT,
     )
-    server = RunningServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", process, log_path)
+    trace_log = env.get("PARLEY_TRACE_LOG")
+    server = RunningServer(
+        f"http://127.0.0.1:{port}",
+        f"ws://127.0.0.1:{port}/ws",
+        process,
+        log_path,
+        Path(trace_log) if trace_log else None,
+    )
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -121,6 +129,7 @@ def stop_server(server: RunningServer) -> None:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[RunningServer]:
     """One real server with the default embedded models, shared by the end-to-end tests."""
-    running = start_server(tmp_path_factory.mktemp("server"))
+    folder = tmp_path_factory.mktemp("server")
+    running = start_server(folder, {"PARLEY_TRACE_LOG": str(folder / "traces.jsonl")})
     yield running
     stop_server(running)

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
         "127.0.0.1", description="Address `parley serve` binds; loopback so nothing is exposed by accident."
     )
     port: int = Field(8000, description="Port `parley serve` listens on.")
+    trace_log: Path | None = Field(
+        None,
+        description="Append one JSON line per turn (the turn.trace figures) to this file; unset: no log.",
+    )
     max_sessions: int = Field(
         4,
         description="Concurrent conversations accepted; more get an `error` (busy). Matches llm_parallel, so "

@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from voice import protocol
 from voice.config import Settings
 from voice.engines import Engines, ModelPaths, load_engines, resolve_models
+from voice.metrics import Metrics
 from voice.models import ModelError
 from voice.session import Session
 
@@ -30,6 +32,7 @@ class ServerState:
     settings: Settings
     engines: Engines | None = None
     load_error: str | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     sessions: dict[str, Session] = field(default_factory=dict)
     connections: int = 0  # sockets holding a session or still in the handshake
 
@@ -37,7 +40,7 @@ class ServerState:
 def create_app(settings: Settings | None = None, paths: ModelPaths | None = None) -> FastAPI:
     """The app. Models load in the background after start-up; /health says when they are ready."""
     settings = settings or Settings()
-    state = ServerState(settings)
+    state = ServerState(settings, metrics=Metrics(settings.trace_log))
 
     async def _load() -> None:
         try:
@@ -70,12 +73,16 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
             return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
 
+    @app.get("/metrics")
+    async def metrics():
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     @app.websocket("/ws")
     async def ws(websocket: WebSocket):
         await websocket.accept()
         if state.engines is None:
             reason = state.load_error or "models are still loading; retry when GET /health answers 200"
-            await _refuse(websocket, "not_ready", reason, protocol.WS_CLOSE_TRY_AGAIN)
+            await _refuse(websocket, "not_ready", reason, protocol.WS_CLOSE_TRY_AGAIN, state.metrics)
             return
         if state.connections >= settings.max_sessions:
             await _refuse(
@@ -88,16 +95,22 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
         state.connections += 1  # reserved before the handshake, so simultaneous clients can't overfill
         session = None
         try:
-            rate = await _await_session_start(websocket)
+            rate = await _await_session_start(websocket, state.metrics)
             if rate is None:
                 return
-            session = Session(websocket, state.engines, settings, rate)
+            session = Session(websocket, state.engines, settings, rate, state.metrics)
             state.sessions[session.id] = session
-            await session.run()
+            state.metrics.active_sessions.inc()
+            try:
+                await session.run()
+            finally:
+                state.metrics.active_sessions.dec()
         except Exception:  # noqa: BLE001 - one session's failure must not reach the others
             log.exception("session %s failed", session.id if session else "(handshake)")
             with contextlib.suppress(Exception):
-                await _send_error(websocket, "internal", "The session failed; please reconnect.")
+                await _send_error(
+                    websocket, "internal", "The session failed; please reconnect.", state.metrics
+                )
         finally:
             state.connections -= 1
             if session is not None:
@@ -111,19 +124,20 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
     return app
 
 
-async def _send_error(websocket: WebSocket, code: str, message: str) -> None:
+async def _send_error(websocket: WebSocket, code: str, message: str, metrics: Metrics) -> None:
+    metrics.error(code)
     await websocket.send_text(
         protocol.json_dumps(protocol.ErrorEvent(code=code, message=message).model_dump())
     )
 
 
-async def _refuse(websocket: WebSocket, code: str, message: str, close_code: int) -> None:
+async def _refuse(websocket: WebSocket, code: str, message: str, close_code: int, metrics: Metrics) -> None:
     with contextlib.suppress(Exception):
-        await _send_error(websocket, code, message)
+        await _send_error(websocket, code, message, metrics)
         await websocket.close(code=close_code, reason=code)
 
 
-async def _await_session_start(websocket: WebSocket) -> int | None:
+async def _await_session_start(websocket: WebSocket, metrics: Metrics) -> int | None:
     """Read messages until a valid session.start; answer mistakes with errors. None: the client left."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT_S
@@ -137,6 +151,7 @@ async def _await_session_start(websocket: WebSocket) -> int | None:
                 f'No session.start within {START_TIMEOUT_S:.0f} s: send {{"type": "session.start", "sample_rate": N}} '
                 "first when you connect.",
                 protocol.WS_CLOSE_POLICY,
+                metrics,
             )
             return None
         except WebSocketDisconnect:
@@ -152,20 +167,24 @@ async def _await_session_start(websocket: WebSocket) -> int | None:
                 "message_too_big",
                 f"Messages are limited to {protocol.MAX_MESSAGE_BYTES} bytes.",
                 protocol.WS_CLOSE_TOO_BIG,
+                metrics,
             )
             return None
         if isinstance(data, bytes):
             await _send_error(
-                websocket, "not_started", 'Send {"type": "session.start", "sample_rate": N} before any audio.'
+                websocket,
+                "not_started",
+                'Send {"type": "session.start", "sample_rate": N} before any audio.',
+                metrics,
             )
             continue
         try:
             parsed = protocol.parse_client_message(data)
         except protocol.ProtocolError as exc:
-            await _send_error(websocket, exc.code, exc.message)
+            await _send_error(websocket, exc.code, exc.message, metrics)
             continue
         if not isinstance(parsed, protocol.SessionStart):
-            await _send_error(websocket, "not_started", "Send session.start before anything else.")
+            await _send_error(websocket, "not_started", "Send session.start before anything else.", metrics)
             continue
         if parsed.sample_rate not in protocol.SUPPORTED_SAMPLE_RATES:
             rates = ", ".join(str(r) for r in protocol.SUPPORTED_SAMPLE_RATES)
@@ -173,6 +192,7 @@ async def _await_session_start(websocket: WebSocket) -> int | None:
                 websocket,
                 "unsupported_sample_rate",
                 f"sample_rate {parsed.sample_rate} is not supported: use one of {rates}.",
+                metrics,
             )
             continue
         return parsed.sample_rate

@@ -30,6 +30,7 @@ from agents.llm import make_llm_stage
 from voice import protocol
 from voice.config import Settings
 from voice.engines import Engines
+from voice.metrics import Metrics
 from voice.stt import WHISPER_SAMPLE_RATE, WhisperSTTStage
 from voice.tracing import Moment, TurnTracer
 from voice.transports.websocket import ParleyWireSerializer, make_transport
@@ -48,7 +49,14 @@ INTERRUPT_SETTLE_TIMEOUT_S = 1.0
 class Session(TurnHooks):
     """A conversation over one WebSocket."""
 
-    def __init__(self, websocket: WebSocket, engines: Engines, settings: Settings, input_sample_rate: int):
+    def __init__(
+        self,
+        websocket: WebSocket,
+        engines: Engines,
+        settings: Settings,
+        input_sample_rate: int,
+        metrics: Metrics | None = None,
+    ):
         self.id = uuid.uuid4().hex[:12]
         self._ws = websocket
         self._engines = engines
@@ -69,7 +77,7 @@ class Session(TurnHooks):
         self._last_user_text = ""
         self._worker: PipelineWorker | None = None
         self.closed = asyncio.Event()
-        self.on_trace = None  # optional callable(session, TurnRecord) for metrics/logs
+        self._metrics = metrics
 
     @property
     def output_sample_rate(self) -> int:
@@ -79,6 +87,8 @@ class Session(TurnHooks):
 
     async def send(self, event: BaseModel) -> None:
         """Send one JSON event now (ahead of queued audio)."""
+        if isinstance(event, protocol.ErrorEvent) and self._metrics is not None:
+            self._metrics.error(event.code)
         if self._ws.client_state != WebSocketState.CONNECTED:
             return
         async with self._send_lock:
@@ -307,5 +317,5 @@ class Session(TurnHooks):
         await self.send(
             protocol.TurnTrace(turn_id=record.turn_id, stages_ms=stages, interrupted=record.interrupted)
         )
-        if self.on_trace:
-            self.on_trace(self, record)
+        if self._metrics is not None:
+            self._metrics.turn(self.id, record)

@@ -1,0 +1,105 @@
+"""Prometheus metrics and the JSON-lines trace log, both fed from the one per-turn record
+(`voice.tracing.TurnRecord`), so they carry the same figures as the `turn.trace` event."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from voice.tracing import STAGES, TurnRecord
+
+log = logging.getLogger(__name__)
+
+# Seconds. Dense from 50 ms to 2 s, where the stages of a turn live on CPU and GPU alike, with a
+# tail to 10 s so a stalled stage still lands in a bucket of its own.
+LATENCY_BUCKETS_S = (
+    0.025,
+    0.05,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.8,
+    1.0,
+    1.25,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+)
+MS_PER_S = 1000.0
+
+
+class Metrics:
+    """One registry per server (tests start several in one process)."""
+
+    def __init__(self, trace_log: Path | None = None):
+        self.registry = CollectorRegistry()
+        self.stage_seconds = Histogram(
+            "parley_stage_seconds",
+            "Time per turn stage; each stage runs between the two moments docs/protocol.md names.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.voice_to_voice_seconds = Histogram(
+            "parley_voice_to_voice_seconds",
+            "User really stopped speaking → first agent audio byte sent.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.active_sessions = Gauge(
+            "parley_active_sessions", "Conversations open now.", registry=self.registry
+        )
+        self.turns = Counter(
+            "parley_turns_total",
+            "User turns answered (or cut off).",
+            ["interrupted", "typed"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "parley_errors_total", "Error events sent to clients, by code.", ["code"], registry=self.registry
+        )
+        self._trace_log = trace_log
+        self._log_lock = threading.Lock()
+
+    def turn(self, session_id: str, record: TurnRecord) -> None:
+        """Record one finished (or interrupted) turn everywhere: histograms and the trace log."""
+        stages = record.stages_ms()
+        for name, value_ms in stages.items():
+            if name == "voice_to_voice":
+                self.voice_to_voice_seconds.observe(value_ms / MS_PER_S)
+            elif name in STAGES:
+                self.stage_seconds.labels(stage=name).observe(value_ms / MS_PER_S)
+        self.turns.labels(interrupted=str(record.interrupted).lower(), typed=str(record.typed).lower()).inc()
+        if self._trace_log is not None:
+            line = {
+                "time": time.time(),
+                "session_id": session_id,
+                "turn_id": record.turn_id,
+                "typed": record.typed,
+                "interrupted": record.interrupted,
+                "text_chars": record.text_chars,
+                "stages_ms": stages,
+            }
+            try:
+                with self._log_lock, self._trace_log.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(line) + "\n")
+            except OSError as exc:  # a full disk must not end the conversation
+                log.warning("cannot append to the trace log %s: %s", self._trace_log, exc)
+
+    def error(self, code: str) -> None:
+        self.errors.labels(code=code).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
