@@ -76,7 +76,6 @@ class Session(TurnHooks):
         self._continues: str | None = None  # text of a turn the user is still continuing
         self._last_user_text = ""
         self._worker: PipelineWorker | None = None
-        self.closed = asyncio.Event()
         self._metrics = metrics
 
     @property
@@ -173,7 +172,6 @@ class Session(TurnHooks):
         try:
             await runner.run()
         finally:
-            self.closed.set()
             log.info("session %s: ended after %d turns", self.id, self.turn_id)
 
     async def stop(self) -> None:

@@ -3,8 +3,6 @@ moments. They watch frames and pass every frame on unchanged."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from pipecat.frames.frames import (
     AggregatedTextFrame,
     ErrorFrame,
@@ -122,6 +120,3 @@ class PlaybackWatcher(FrameProcessor):
         if isinstance(frame, LLMFullResponseEndFrame) and direction == FrameDirection.DOWNSTREAM:
             await self._hooks.audio_done()
         await self.push_frame(frame, direction)
-
-
-Sender = Callable[[dict], Awaitable[None]]
