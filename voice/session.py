@@ -70,6 +70,7 @@ class Session(TurnHooks):
         self._response_started = False  # the LLM began answering the current turn
         self._output_muted = False  # between an interruption and the next turn: no agent audio goes out
         self._resuming = False  # the answer is being re-run after noise cut it off
+        self._user_speaking = False  # between the VAD's speech start and stop
         self._send_lock = asyncio.Lock()
         self._interrupt_seen = asyncio.Event()
         self._answer_audible = False  # the current answer's first audio has gone out
@@ -211,9 +212,11 @@ class Session(TurnHooks):
         return True
 
     async def user_speech_started(self) -> None:
+        self._user_speaking = True
         await self.send(protocol.UserSpeechStarted())
 
     async def user_speech_stopped(self, stop_secs: float) -> None:
+        self._user_speaking = False
         now = self.tracer.now_ns()
         self.tracer.mark_pending(Moment.VAD_STOPPED, now)
         # The VAD speaks after stop_secs of silence; the user really stopped that long ago.
@@ -248,6 +251,10 @@ class Session(TurnHooks):
         record = self.tracer.start_turn(self.turn_id, typed=typed)
         record.text_chars = len(text)
         await self.send(protocol.UserTranscript(turn_id=self.turn_id, text=text))
+        if self._user_speaking and not typed:
+            # The pause ran out just as the user started again: their interruption went by before
+            # this turn did, so cancel its answer now; the turn continues with what they say next.
+            await self._worker.queue_frame(InterruptionWorkerFrame())
 
     def current_turn_id(self) -> int:
         return self.turn_id
