@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable
 
 from pipecat.frames.frames import Frame, LLMContextFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from agents.rag.retrieve import Hit, Retriever
+from agents.rag.retrieve import Hit, Retriever, format_context
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +35,8 @@ QUESTION_HEADER = "Question:"
 def user_message(question: str, hits: list[Hit], already_given: set[str]) -> tuple[str, list[str]]:
     """The user message for one turn and the keys of the passages it adds."""
     new = [h for h in hits if passage_key(h) not in already_given]
-    facts = "\n\n".join(f"[{h.heading}]\n{unwrap(h.text)}" for h in new) if new else NO_NEW_FACTS
+    facts = format_context(new) if new else NO_NEW_FACTS
     return f"{FACTS_HEADER}\n{facts}\n\n{QUESTION_HEADER} {question}", [passage_key(h) for h in new]
-
-
-def unwrap(text: str) -> str:
-    """Join hard-wrapped lines inside paragraphs: a small model reads a line break as a new fact."""
-    paragraphs = re.split(r"\n\s*\n", text.strip())
-    return "\n".join(" ".join(p.split()) for p in paragraphs)
 
 
 def passage_key(hit: Hit) -> str:

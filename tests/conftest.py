@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from voice.audio import resample_pcm16
@@ -51,10 +50,6 @@ def speak(text: str, rate: int = 16000) -> bytes:
 
 def silence(seconds: float, rate: int = 16000) -> bytes:
     return bytes(int(seconds * rate) * 2)
-
-
-def words(pcm: bytes) -> np.ndarray:
-    return np.frombuffer(pcm, dtype="<i2")
 
 
 @dataclass

@@ -144,9 +144,5 @@ ServerEvent = (
 )
 
 
-def encode(event: BaseModel) -> str:
-    return event.model_dump_json()
-
-
 def json_dumps(message: dict) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)

@@ -30,9 +30,9 @@ START_TIMEOUT_S = 30.0  # a client that never sends session.start is holding a s
 @dataclass
 class ServerState:
     settings: Settings
+    metrics: Metrics
     engines: Engines | None = None
     load_error: str | None = None
-    metrics: Metrics = field(default_factory=Metrics)
     sessions: dict[str, Session] = field(default_factory=dict)
     connections: int = 0  # sockets holding a session or still in the handshake
 

@@ -87,10 +87,6 @@ class TurnTracer:
         if overwrite or moment not in self._pending:
             self._pending[moment] = self._now_ns() if at_ns is None else at_ns
 
-    def clear_pending(self, *moments: str) -> None:
-        for m in moments:
-            self._pending.pop(m, None)
-
     def start_turn(self, turn_id: int, typed: bool = False) -> TurnRecord:
         """A turn ended on the user's side: open its record with the pending speech moments."""
         record = TurnRecord(turn_id=turn_id, typed=typed)

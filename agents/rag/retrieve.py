@@ -138,9 +138,15 @@ class Retriever:
         return self.store.vector_search(self.embedder.embed([query])[0], k)
 
 
+def unwrap(text: str) -> str:
+    """Join hard-wrapped lines inside paragraphs: a small model reads a line break as a new fact."""
+    paragraphs = re.split(r"\n\s*\n", text.strip())
+    return "\n".join(" ".join(p.split()) for p in paragraphs)
+
+
 def format_context(hits: list[Hit]) -> str:
     """Render hits for an LLM prompt: one block per passage, labelled with its heading path."""
-    return "\n\n".join(f"[{hit.heading}]\n{hit.text.strip()}" for hit in hits)
+    return "\n\n".join(f"[{hit.heading}]\n{unwrap(hit.text)}" for hit in hits)
 
 
 def open_knowledge(knowledge_dir: Path, db_path: Path, embedder: Embedder) -> Retriever:
