@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +34,22 @@ NO_SPEECH_THRESHOLD = 0.6
 # Speech end → transcript, p99, for whisper base on 2 CPU cores; pipecat's end-of-turn timer waits
 # at most this long for a transcript that never comes.
 STT_P99_LATENCY_S = 1.5
+
+
+# Speech runs at ~3 words (~4 tokens) a second; twice that, plus room for a short phrase, bounds a
+# real transcript, and cuts off Whisper's rare repetition loops early.
+MAX_TOKENS_PER_AUDIO_S = 8
+MIN_MAX_TOKENS = 24
+FALLBACK_TEMPERATURES = (0.0, 0.4, 0.8)
+# A transcript this long made of this few distinct words is Whisper looping on a non-speech sound.
+LOOP_MIN_WORDS = 6
+LOOP_MAX_DISTINCT = 2
+# Whisper's own sound labels ("[coughing]", "(clears throat)", "*sigh*"): not words anybody said.
+_SOUND_LABEL = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*")
+
+
+def max_tokens_for(audio_ms: float) -> int:
+    return MIN_MAX_TOKENS + int(MAX_TOKENS_PER_AUDIO_S * audio_ms / 1000)
 
 
 def pick_device(requested: str) -> tuple[str, str]:
@@ -107,8 +124,18 @@ class WhisperEngine:
                 vad_filter=False,
                 without_timestamps=True,
                 initial_prompt=self.vocabulary or None,
+                # Greedy first; a decode that fails Whisper's own checks is retried at most twice,
+                # sampling, and every decode is capped by the audio's length. (Whisper's default
+                # six temperatures and 448 tokens ran 18 s on a hum here; greedy alone heard
+                # "Hi there" as "High-merror".)
+                temperature=FALLBACK_TEMPERATURES,
+                max_new_tokens=max_tokens_for(audio_ms),
             )
             text = " ".join(s.text.strip() for s in segments if s.text.strip()).strip()
+        text = _SOUND_LABEL.sub("", text).strip()
+        words = text.lower().split()
+        if len(words) >= LOOP_MIN_WORDS and len(set(words)) <= LOOP_MAX_DISTINCT:
+            text = ""  # "Thin Thin Thin Thin Thin Thin": a decoding loop on a hum, not speech
         if not any(ch.isalnum() for ch in text):
             text = ""  # punctuation alone ("...") is what Whisper writes for a breath or a click
         return Transcript(text, audio_ms, 1000.0 * (time.monotonic() - start))

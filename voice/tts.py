@@ -91,10 +91,9 @@ class PiperEngine:
         text = speakable(text)
         if not any(ch.isalnum() for ch in text):
             return
-        with self._lock:
-            chunks = list(self._voice.synthesize(text))
-        for chunk in chunks:
-            yield chunk.audio_int16_bytes
+        with self._lock:  # held while the caller consumes: consume it whole (one thread does)
+            for chunk in self._voice.synthesize(text):
+                yield chunk.audio_int16_bytes
 
 
 # --- the pipeline stage -------------------------------------------------------------------------
@@ -125,8 +124,12 @@ class PiperTTSStage(TTSService):
         self._tracer.mark(Moment.TTS_FIRST_TEXT)
         try:
             await self.start_tts_usage_metrics(text)
-            chunks = await asyncio.to_thread(lambda: list(self._engine.synthesize(text)))
-            for pcm in chunks:
+            if not any(ch.isalnum() for ch in speakable(text)):
+                # Nothing to say ("—", a stray bullet): a moment of silence, so pipecat does not
+                # report the sentence as a TTS failure.
+                yield self._audio_frame(bytes(self._engine.sample_rate // 50 * 2), context_id)
+                return
+            async for pcm in self._stream(text):
                 self._tracer.mark(Moment.TTS_FIRST_AUDIO)
                 await self.stop_ttfb_metrics()
                 yield self._audio_frame(pcm, context_id)
@@ -135,6 +138,33 @@ class PiperTTSStage(TTSService):
             yield ErrorFrame(error=f"TTS failed: {exc}")
         finally:
             await self.stop_ttfb_metrics()
+
+    async def _stream(self, text: str):
+        """Piper's audio for `text`, chunk by chunk as it is made (Piper splits long text into its
+        own sentences): a long LLM "sentence" (a list on several lines) starts playing after its
+        first part, instead of after all of it, past pipecat's 3 s wait for a sentence's audio."""
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+
+        def work() -> None:
+            try:
+                for pcm in self._engine.synthesize(text):
+                    loop.call_soon_threadsafe(chunks.put_nowait, pcm)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the event loop below
+                loop.call_soon_threadsafe(chunks.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(chunks.put_nowait, None)
+
+        worker = asyncio.ensure_future(asyncio.to_thread(work))
+        try:
+            while (item := await chunks.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not worker.done():
+                # Cancelled mid-sentence: the thread finishes its sentence unobserved.
+                worker.add_done_callback(lambda _f: None)
 
     def _audio_frame(self, pcm: bytes, context_id: str) -> TTSAudioRawFrame:
         return TTSAudioRawFrame(pcm, self._engine.sample_rate, 1, context_id=context_id)
