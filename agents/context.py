@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 
 from pipecat.frames.frames import Frame, LLMContextFrame
@@ -119,3 +120,42 @@ def merge_continued_turn(messages: list[dict], first_text: str) -> str | None:
     del messages[-2:]
     messages.append({"role": "user", "content": merged})
     return merged
+
+
+def record_heard_answer(messages: list[dict], heard_text: str) -> None:
+    """An answer was cut off: make the assistant message before the new user message exactly what
+    the user heard (pipecat keeps the sentences whose audio was queued, heard or not).
+
+    `messages` is the live history ending with the new user message. With nothing heard, the
+    assistant message goes: the agent never said it.
+    """
+    if not messages or messages[-1].get("role") != "user":
+        return
+    has_answer = len(messages) >= 2 and messages[-2].get("role") == "assistant"
+    if has_answer and heard_text:
+        messages[-2] = {"role": "assistant", "content": heard_text}
+    elif has_answer:
+        del messages[-2]
+    elif heard_text:
+        messages.insert(len(messages) - 1, {"role": "assistant", "content": heard_text})
+
+
+# What callers say to have a cut-off answer carried on ("sorry, what were you saying?").
+RESUME_PHRASES = (
+    "were you saying",
+    "you were saying",
+    "what was that",
+    "go on",
+    "go ahead",
+    "carry on",
+    "continue",
+    "keep going",
+)
+# Said before the rest of a cut-off answer, so it is heard as a continuation.
+RESUME_PREFIX = "As I was saying:"
+
+
+def is_resume_request(text: str) -> bool:
+    """The caller asks the agent to carry on with what it was saying when they cut in."""
+    plain = " ".join(re.findall(r"[a-z']+", text.lower()))
+    return any(re.search(rf"\b{phrase}\b", plain) for phrase in RESUME_PHRASES)

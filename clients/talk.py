@@ -21,6 +21,9 @@ FRAME_MS = 20  # what a browser's capture sends; small frames keep the VAD's vie
 # client-side clock starts when the last one is sent, not when the WAV file ends.
 SPEECH_LEVEL = 500
 WIRE_RATES = (8000, 16000, 24000, 48000)
+# How often to tell the server how much of the answer has "played" (this client plays it as it
+# arrives: the server paces it in real time).
+PLAYBACK_REPORT_MS = 250
 
 
 @dataclass
@@ -103,15 +106,27 @@ async def talk(
         result.session_id = ready["session_id"]
         done = asyncio.Event()
 
+        turn, played_bytes, reported_at = -1, 0, 0.0
+
         async def receive():
+            nonlocal turn, played_bytes, reported_at
             async for message in ws:
                 if isinstance(message, bytes):
                     if result.first_audio_s is None:
                         result.first_audio_s = time.monotonic()
                     result.audio.extend(message)
+                    played_bytes += len(message)
+                    if turn >= 0 and time.monotonic() - reported_at >= PLAYBACK_REPORT_MS / 1000:
+                        reported_at = time.monotonic()
+                        played_ms = 1000 * played_bytes / 2 / result.output_sample_rate
+                        await ws.send(
+                            json.dumps({"type": "playback", "turn_id": turn, "played_ms": played_ms})
+                        )
                     continue
                 event = json.loads(message)
                 result.events.append(event)
+                if event["type"] == "agent.text" and event["turn_id"] != turn:
+                    turn, played_bytes = event["turn_id"], 0
                 if event["type"] == "turn.trace":
                     done.set()
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from voice.audio import resample_pcm16
@@ -46,6 +47,16 @@ def speak(text: str, rate: int = 16000) -> bytes:
             src_rate = wav.getframerate()
             pcm = wav.readframes(wav.getnframes())
     return resample_pcm16(pcm, src_rate, rate)
+
+
+def cough(seconds: float = 0.35, seed: int = 7) -> bytes:
+    """A cough-like burst at 16 kHz: loud, broadband, fast attack, quick decay, no words."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 16000)
+    t = np.arange(n) / 16000
+    envelope = np.minimum(1, t / 0.01) * np.exp(-t / 0.08)
+    burst = rng.standard_normal(n) + 0.5 * np.sin(2 * np.pi * 180 * t)
+    return (np.clip(0.6 * envelope * burst / np.abs(burst).max(), -1, 1) * 32767).astype("<i2").tobytes()
 
 
 def silence(seconds: float, rate: int = 16000) -> bytes:

@@ -175,7 +175,10 @@ async def test_clients_vanishing_mid_turn_leave_nothing_behind(server):
     for _ in range(VANISHING_CLIENTS):
         await _vanish_mid_turn(server.ws_url, pcm)
     after_second = await _settled_threads(server, ceiling=after_first)
-    assert after_second <= after_first + 1, (
+    # A leak is at least one thread per departed session. Shared pools may still be growing
+    # towards their cap (asyncio's default executor: cores + 4 = 6 here, one of which the first
+    # round used at least), which is fewer.
+    assert after_second - after_first < VANISHING_CLIENTS, (
         f"threads grew {after_first} → {after_second} over {VANISHING_CLIENTS} sessions"
     )
     ws = await started(server.ws_url)  # and the server still serves

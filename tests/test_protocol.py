@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from voice.protocol import InputText, ProtocolError, SessionStart, parse_client_message
+from voice.protocol import InputText, Playback, ProtocolError, SessionStart, parse_client_message
 
 
 def test_session_start_and_typed_text_parse():
@@ -13,6 +13,9 @@ def test_session_start_and_typed_text_parse():
     )
     assert parse_client_message('{"type": "input_text", "text": "hi"}') == InputText(
         type="input_text", text="hi"
+    )
+    assert parse_client_message('{"type": "playback", "turn_id": 3, "played_ms": 1250.5}') == Playback(
+        type="playback", turn_id=3, played_ms=1250.5
     )
 
 
@@ -27,6 +30,8 @@ def test_session_start_and_typed_text_parse():
         ('{"type": "input_text"}', "invalid_message"),
         ('{"type": "input_text", "text": ""}', "invalid_message"),
         ('{"type": "input_text", "text": "   "}', "invalid_message"),
+        ('{"type": "playback", "turn_id": 1}', "invalid_message"),
+        ('{"type": "playback", "turn_id": 1, "played_ms": -5}', "invalid_message"),
         ("[" * 100_000 + "]" * 100_000, "invalid_json"),
     ],
 )

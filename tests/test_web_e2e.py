@@ -85,6 +85,8 @@ async def test_a_spoken_question_is_answered_and_played_on_the_page(server, tmp_
             await browser.close()
     assert stats["sentFrames"] > 100, "the microphone's audio was streamed"
     assert stats["receivedAudioMs"] + 1 >= stats["playedAudioMs"] > 1000, stats  # played what arrived
+    # The page tells the server how far it has played (what the user heard, should they cut in).
+    assert stats["playbackReports"] > 0, stats
     assert not problems, f"console errors: {problems}"
 
 

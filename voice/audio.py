@@ -6,6 +6,7 @@ import numpy as np
 import soxr
 
 INT16_SCALE = 32768.0
+BYTES_PER_SAMPLE = 2  # mono s16le, the only PCM format on the wire
 # 'HQ' is transparent for speech and costs ~0.1 ms per 20 ms frame; 'VHQ' buys nothing audible.
 RESAMPLE_QUALITY = "HQ"
 

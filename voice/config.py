@@ -124,6 +124,30 @@ class Settings(BaseSettings):
         "('Hi. ... What time do you open?') stays one turn; short enough to feel prompt.",
     )
 
+    # --- interruptions
+    interrupt_confirm_secs: float = Field(
+        1.2,
+        description="While the agent talks, speech pauses it at once; this much more speech (before any "
+        "transcript) makes it an interruption. Backchannels are shorter: 'mm hm' and 'yeah, okay' run "
+        "0.9-1.1 s, VAD onset included.",
+    )
+    interrupt_resume_secs: float = Field(
+        1.5,
+        description="After a sound that paused the agent ends, the longest the agent waits for a verdict "
+        "before carrying on. Covers Whisper's time on a short segment on a 2-core CPU.",
+    )
+    echo_guard: bool = Field(
+        True,
+        description="Remove the agent's own voice from the caller's audio (speakerphones without echo "
+        "cancellation); it learns there is no echo on a headset and then costs nothing.",
+    )
+    backchannel_words: str = Field(
+        "mm-hmm,mmhm,mhm,mhmm,mm,hmm,uh-huh,huh,uh,um,yeah,yes,yep,yup,okay,ok,right,sure,alright,i,see,got,it,"
+        "oh,ah,cool,great,nice",
+        description="Words that, said alone (up to 4) while the agent talks, acknowledge it rather than "
+        "interrupt it. Comma-separated.",
+    )
+
     def knowledge_db(self) -> Path:
         """One index per knowledge folder, so serving another folder never rewrites this one's."""
         digest = hashlib.sha256(str(Path(self.knowledge_dir).resolve()).encode()).hexdigest()[:12]

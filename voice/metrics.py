@@ -58,6 +58,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self.barge_in_seconds = Histogram(
+            "parley_barge_in_seconds",
+            "User began speaking over the agent → last agent audio byte sent before it paused for them.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.false_interruptions = Counter(
+            "parley_false_interruptions_total",
+            "Sounds that paused the agent but did not take the floor (a cough, a backchannel, echo), by verdict.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.active_sessions = Gauge(
             "parley_active_sessions", "Conversations open now.", registry=self.registry
         )
@@ -79,6 +91,8 @@ class Metrics:
         for name, value_ms in stages.items():
             if name == "voice_to_voice":
                 self.voice_to_voice_seconds.observe(value_ms / MS_PER_S)
+            elif name == "barge_in":
+                self.barge_in_seconds.observe(max(0.0, value_ms) / MS_PER_S)
             elif name in STAGES:
                 self.stage_seconds.labels(stage=name).observe(value_ms / MS_PER_S)
         self.turns.labels(interrupted=str(record.interrupted).lower(), typed=str(record.typed).lower()).inc()
@@ -97,6 +111,9 @@ class Metrics:
                     fh.write(json.dumps(line) + "\n")
             except OSError as exc:  # a full disk must not end the conversation
                 log.warning("cannot append to the trace log %s: %s", self._trace_log, exc)
+
+    def false_interruption(self, reason: str) -> None:
+        self.false_interruptions.labels(reason=reason).inc()
 
     def error(self, code: str) -> None:
         self.errors.labels(code=code).inc()

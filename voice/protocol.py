@@ -39,7 +39,16 @@ class InputText(BaseModel):
         return value.strip() if isinstance(value, str) else value
 
 
-ClientMessage = Annotated[SessionStart | InputText, Field(discriminator="type")]
+class Playback(BaseModel):
+    """How much of a turn's audio the client has played (sent while playing, and when it stops)."""
+
+    type: Literal["playback"]
+    turn_id: int = Field(ge=0)
+    played_ms: float = Field(ge=0, le=24 * 3600 * 1000)
+
+
+CLIENT_TYPES = ("session.start", "input_text", "playback")
+ClientMessage = Annotated[SessionStart | InputText | Playback, Field(discriminator="type")]
 _client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 
 
@@ -53,7 +62,7 @@ class ProtocolError(Exception):
         self.fatal = fatal
 
 
-def parse_client_message(raw: str) -> SessionStart | InputText:
+def parse_client_message(raw: str) -> SessionStart | InputText | Playback:
     """Parse one text frame, or raise ProtocolError with a code the client can act on."""
     try:
         data = json.loads(raw)
@@ -65,10 +74,10 @@ def parse_client_message(raw: str) -> SessionStart | InputText:
         ) from None
     if not isinstance(data, dict) or "type" not in data:
         raise ProtocolError("invalid_message", 'Each text message must be a JSON object with a "type".')
-    if data["type"] not in ("session.start", "input_text"):
+    if data["type"] not in CLIENT_TYPES:
         raise ProtocolError(
             "unknown_type",
-            f"Unknown message type {data['type']!r}: expected 'session.start' or 'input_text'.",
+            f"Unknown message type {data['type']!r}: expected one of {', '.join(CLIENT_TYPES)}.",
         )
     try:
         return _client_adapter.validate_python(data)
@@ -116,6 +125,22 @@ class AgentAudioDone(BaseModel):
 class AgentInterrupted(BaseModel):
     type: Literal["agent.interrupted"] = "agent.interrupted"
     turn_id: int
+    heard_text: str = ""  # what the user heard of the answer before it stopped
+
+
+class AgentPaused(BaseModel):
+    """The user made a sound while the agent talked: its audio is held until that sound is judged."""
+
+    type: Literal["agent.paused"] = "agent.paused"
+    turn_id: int
+
+
+class AgentResumed(BaseModel):
+    """The sound was not an interruption (a cough, "mm-hmm", echo): the agent carries on."""
+
+    type: Literal["agent.resumed"] = "agent.resumed"
+    turn_id: int
+    reason: str
 
 
 class TurnTrace(BaseModel):
@@ -139,6 +164,8 @@ ServerEvent = (
     | AgentText
     | AgentAudioDone
     | AgentInterrupted
+    | AgentPaused
+    | AgentResumed
     | TurnTrace
     | ErrorEvent
 )

@@ -25,18 +25,34 @@ from pipecat.workers.runner import WorkerRunner
 from pydantic import BaseModel
 from starlette.websockets import WebSocketState
 
-from agents.context import SYSTEM_PROMPT, KnowledgeContextProcessor, merge_continued_turn
+from agents.context import (
+    RESUME_PREFIX,
+    SYSTEM_PROMPT,
+    KnowledgeContextProcessor,
+    is_resume_request,
+    merge_continued_turn,
+    record_heard_answer,
+)
 from agents.llm import make_llm_stage
 from voice import protocol
 from voice.config import Settings
+from voice.echo import EchoGuard
 from voice.engines import Engines
 from voice.metrics import Metrics
+from voice.playback import PlaybackLedger
 from voice.stt import WHISPER_SAMPLE_RATE, WhisperSTTStage
 from voice.tracing import Moment, TurnTracer
 from voice.transports.websocket import ParleyWireSerializer, make_transport
 from voice.tts import PiperTTSStage
-from voice.turn_events import LLMWatcher, PlaybackWatcher, SpokenTextEmitter, TurnHooks, UserTurnWatcher
-from voice.turns import user_turn_params
+from voice.turn_events import (
+    HistoryWatcher,
+    LLMWatcher,
+    PlaybackWatcher,
+    SpokenTextEmitter,
+    TurnHooks,
+    UserTurnWatcher,
+)
+from voice.turns import InterruptionPolicy, user_turn_params
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +60,9 @@ NS_PER_S = 1_000_000_000
 # How long a typed turn waits for the interruption of the previous answer to pass through the
 # pipeline (it takes a few ms; the bound only guards against a stuck stage).
 INTERRUPT_SETTLE_TIMEOUT_S = 1.0
+# A cut-off answer can be resumed ("what were you saying?") for this many turns after it: enough
+# for a "hold on" and its reply, not so many that the old answer comes back out of the blue.
+RESUME_WINDOW_TURNS = 3
 
 
 class Session(TurnHooks):
@@ -78,6 +97,16 @@ class Session(TurnHooks):
         self._last_user_text = ""
         self._worker: PipelineWorker | None = None
         self._metrics = metrics
+        self.playback = PlaybackLedger(engines.tts.sample_rate, time.monotonic_ns)
+        self._floor_open = asyncio.Event()  # cleared while the agent is held by the user's sound
+        self._floor_open.set()
+        self._hold: tuple[int, int] | None = None  # (speech onset, last agent audio sent) of a hold
+        self._last_audio_ns = 0
+        self._cut_off_turn: int | None = None  # an interrupted answer whose history awaits the heard text
+        self._echo = EchoGuard() if settings.echo_guard else None
+        self._history_settled = asyncio.Event()  # the last interruption has passed the assistant history
+        self._unsaid = ""  # the rest of the last cut-off answer, for "what were you saying?"
+        self._unsaid_until_turn = 0
 
     @property
     def output_sample_rate(self) -> int:
@@ -113,6 +142,10 @@ class Session(TurnHooks):
             on_error=self._client_error,
             on_text=self._typed_text,
             on_audio_sent=self._audio_sent,
+            wait_for_floor=self._floor_open.wait,
+            on_playback=self.playback.report,
+            output_sample_rate=self.output_sample_rate,
+            echo_guard=self._echo,
         )
         transport = make_transport(self._ws, serializer, self.output_sample_rate)
         context = LLMContext()
@@ -120,7 +153,14 @@ class Session(TurnHooks):
         user_turns, assistant_history = LLMContextAggregatorPair(
             context,
             user_params=user_turn_params(
-                s.vad_start_secs, s.vad_stop_secs, s.turn_pause_secs, on_nothing_heard=self._nothing_heard
+                self,
+                s.vad_start_secs,
+                s.vad_stop_secs,
+                s.turn_pause_secs,
+                InterruptionPolicy(s.backchannel_words),
+                confirm_secs=s.interrupt_confirm_secs,
+                resume_secs=s.interrupt_resume_secs,
+                on_nothing_heard=self._nothing_heard,
             ),
         )
         knowledge = KnowledgeContextProcessor(
@@ -141,10 +181,11 @@ class Session(TurnHooks):
                 llm,
                 LLMWatcher(self.tracer, self),
                 PiperTTSStage(e.tts, self.tracer),
-                SpokenTextEmitter(self),
+                SpokenTextEmitter(self, self.playback),
                 transport.output(),
                 PlaybackWatcher(self),
                 assistant_history,
+                HistoryWatcher(self),
             ]
         )
         worker = PipelineWorker(
@@ -167,7 +208,15 @@ class Session(TurnHooks):
     async def run(self) -> None:
         """Run until the client leaves or the session is stopped."""
         self._worker = self._build()
-        await self.send(protocol.SessionReady(session_id=self.id, output_sample_rate=self.output_sample_rate))
+
+        @self._worker.event_handler("on_pipeline_started")
+        async def _ready(_worker, _frame):
+            # Only now does every stage (the VAD above all) take audio: a client that starts
+            # talking the moment it hears "ready" must not lose its first word.
+            await self.send(
+                protocol.SessionReady(session_id=self.id, output_sample_rate=self.output_sample_rate)
+            )
+
         runner = WorkerRunner(handle_sigint=False)
         await runner.add_workers(self._worker)
         try:
@@ -176,6 +225,7 @@ class Session(TurnHooks):
             log.info("session %s: ended after %d turns", self.id, self.turn_id)
 
     async def stop(self) -> None:
+        self._floor_open.set()
         for task in list(self._typed_tasks):
             task.cancel()
         if self._worker is not None and not self._worker.has_finished():
@@ -208,8 +258,33 @@ class Session(TurnHooks):
         if self._output_muted:
             return False  # the rest of an interrupted answer, still on its way through the pipeline
         self._answer_audible = True
-        self.tracer.mark(Moment.FIRST_AUDIO_SENT)
+        self._last_audio_ns = self.tracer.now_ns()
+        self.playback.sent(nbytes)
+        self.tracer.mark(Moment.FIRST_AUDIO_SENT, self._last_audio_ns)
         return True
+
+    # --- the floor (called by the barge-in strategy) ---------------------------------------------
+
+    def agent_audible(self) -> bool:
+        return self._agent_active and self._answer_audible and not self._output_muted
+
+    def agent_recent_text(self) -> str:
+        return self.playback.recent_text()
+
+    async def hold_agent(self) -> None:
+        self._floor_open.clear()
+        onset = self.tracer.now_ns() - int(self._settings.vad_start_secs * NS_PER_S)
+        self._hold = (onset, self._last_audio_ns)
+        log.info("session %s turn %d: user sound while the agent talks; holding", self.id, self.turn_id)
+        await self.send(protocol.AgentPaused(turn_id=self.turn_id))
+
+    async def release_agent(self, reason: str) -> None:
+        self._hold = None
+        self._floor_open.set()
+        log.info("session %s turn %d: not an interruption (%s); resuming", self.id, self.turn_id, reason)
+        if self._metrics is not None:
+            self._metrics.false_interruption(reason)
+        await self.send(protocol.AgentResumed(turn_id=self.turn_id, reason=reason))
 
     async def user_speech_started(self) -> None:
         self._user_speaking = True
@@ -223,7 +298,8 @@ class Session(TurnHooks):
         self.tracer.mark_pending(Moment.USER_STOPPED, now - int(stop_secs * NS_PER_S))
         await self.send(protocol.UserSpeechStopped())
 
-    async def turn_ended(self, text: str) -> None:
+    async def turn_ended(self, text: str) -> str | None:
+        """The user's turn is over. Returns a reply to speak instead of asking the LLM, if any."""
         resumed, self._resuming = self._resuming, False
         typed = self._typed_pending is not None and text == self._typed_pending
         if typed:
@@ -232,10 +308,22 @@ class Session(TurnHooks):
         self._response_started = False
         self._agent_active = True
         self._answer_audible = False
+        self._floor_open.set()
+        self._hold = None
+        if self._cut_off_turn is not None:
+            # A barge-in's turn can end moments after it began: let the interruption pass the
+            # assistant history first, or its version of the cut-off answer would land after this.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._history_settled.wait(), INTERRUPT_SETTLE_TIMEOUT_S)
+            record_heard_answer(self._context.get_messages(), self.playback.heard_text())
+            self._unsaid = self.playback.unheard_text()
+            self._unsaid_until_turn = self._cut_off_turn + RESUME_WINDOW_TURNS
+            self._cut_off_turn = None
         if resumed:
             # The same question again, after noise cut the first attempt off: same turn, same text.
+            self.playback.new_answer(self.turn_id)
             self.tracer.start_turn(self.turn_id, typed=True)
-            return
+            return None
         if self._continues is not None:
             # The user resumed before hearing anything: same turn, the whole question.
             merged = merge_continued_turn(self._context.get_messages(), self._continues)
@@ -248,6 +336,7 @@ class Session(TurnHooks):
             self.turn_id += 1
         self._continues = None
         self._last_user_text = text
+        self.playback.new_answer(self.turn_id)
         record = self.tracer.start_turn(self.turn_id, typed=typed)
         record.text_chars = len(text)
         await self.send(protocol.UserTranscript(turn_id=self.turn_id, text=text))
@@ -255,6 +344,14 @@ class Session(TurnHooks):
             # The pause ran out just as the user started again: their interruption went by before
             # this turn did, so cancel its answer now; the turn continues with what they say next.
             await self._worker.queue_frame(InterruptionWorkerFrame())
+            return None
+        if self._unsaid and self.turn_id <= self._unsaid_until_turn and is_resume_request(text):
+            # Said from what the agent had prepared: the small default LLM tends to repeat the
+            # question back instead of continuing its own cut-off answer.
+            reply, self._unsaid = f"{RESUME_PREFIX} {self._unsaid}", ""
+            log.info("session %s turn %d: resuming the cut-off answer", self.id, self.turn_id)
+            return reply
+        return None
 
     def current_turn_id(self) -> int:
         return self.turn_id
@@ -285,6 +382,8 @@ class Session(TurnHooks):
             return  # pipecat interrupts at every turn start; only an agent that was busy is "interrupted"
         self._agent_active = False
         self._output_muted = True
+        hold, self._hold = self._hold, None
+        self._floor_open.set()  # a chunk waiting for the floor now goes nowhere (muted)
         if not self._answer_audible:
             # Nothing was heard yet: the user is continuing their turn, not cutting the agent off.
             self._continues = self._last_user_text
@@ -292,8 +391,21 @@ class Session(TurnHooks):
         record = self.tracer.current
         if record is not None:
             record.interrupted = True
-        await self.send(protocol.AgentInterrupted(turn_id=self.turn_id))
+            if hold is not None:
+                self.tracer.mark(Moment.BARGE_IN_ONSET, hold[0])
+                self.tracer.mark(Moment.BARGE_IN_LAST_AUDIO, hold[1])
+        self.playback.stop()
+        if self._echo is not None:
+            self._echo.reset()  # the client drops the audio it held: that echo will never come
+        self._cut_off_turn = self.turn_id
+        self._history_settled.clear()
+        await self.send(
+            protocol.AgentInterrupted(turn_id=self.turn_id, heard_text=self.playback.heard_text())
+        )
         await self._send_trace()
+
+    def history_settled(self) -> None:
+        self._history_settled.set()
 
     async def audio_done(self) -> None:
         if not self.response_in_progress():

@@ -34,6 +34,8 @@ class Moment:
     TTS_FIRST_AUDIO = "tts_first_audio"  # TTS produced the first audio of the answer
     FIRST_AUDIO_SENT = "first_audio_sent"  # the first agent audio byte went out on the socket
     AUDIO_DONE = "audio_done"  # the last agent audio byte of the turn went out
+    BARGE_IN_ONSET = "barge_in_onset"  # the user began speaking over the agent: VAD start minus its window
+    BARGE_IN_LAST_AUDIO = "barge_in_last_audio"  # the last agent audio byte sent before it paused for them
 
 
 # figure name → (from moment, to moment). The single source of truth for what each figure means.
@@ -48,6 +50,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "send": (Moment.TTS_FIRST_AUDIO, Moment.FIRST_AUDIO_SENT),
     "voice_to_voice": (Moment.USER_STOPPED, Moment.FIRST_AUDIO_SENT),
     "response": (Moment.TURN_END, Moment.FIRST_AUDIO_SENT),
+    # Only on an interrupted turn. Negative would mean the last chunk went out before the user
+    # began; it is at most one audio chunk (40 ms) early.
+    "barge_in": (Moment.BARGE_IN_ONSET, Moment.BARGE_IN_LAST_AUDIO),
 }
 
 

@@ -13,6 +13,7 @@ from pipecat.frames.frames import (
     LLMFullResponseStartFrame,
     LLMTextFrame,
     OutputTransportMessageFrame,
+    TTSAudioRawFrame,
     TTSTextFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
@@ -20,6 +21,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voice import protocol
+from voice.playback import PlaybackLedger
 from voice.tracing import Moment, TurnTracer
 
 
@@ -28,13 +30,14 @@ class TurnHooks:
 
     async def user_speech_started(self) -> None: ...
     async def user_speech_stopped(self, stop_secs: float) -> None: ...
-    async def turn_ended(self, text: str) -> None: ...
+    async def turn_ended(self, text: str) -> str | None: ...
     async def interrupted(self) -> None: ...
     def current_turn_id(self) -> int: ...
     async def audio_done(self) -> None: ...
     def llm_response_started(self) -> None: ...
     def response_in_progress(self) -> bool: ...
     async def stage_failed(self, error: str) -> None: ...
+    def history_settled(self) -> None: ...
 
 
 class UserTurnWatcher(FrameProcessor):
@@ -56,7 +59,17 @@ class UserTurnWatcher(FrameProcessor):
             elif isinstance(frame, LLMContextFrame):
                 messages = frame.context.get_messages()
                 text = messages[-1].get("content", "") if messages else ""
-                await self._hooks.turn_ended(text if isinstance(text, str) else "")
+                reply = await self._hooks.turn_ended(text if isinstance(text, str) else "")
+                if reply is not None:
+                    # Spoken as if the LLM had said it (same events, trace and history), without
+                    # retrieval or the LLM: the context frame stops here.
+                    for answer in (
+                        LLMFullResponseStartFrame(),
+                        LLMTextFrame(reply),
+                        LLMFullResponseEndFrame(),
+                    ):
+                        await self.push_frame(answer)
+                    return
         elif isinstance(frame, ErrorFrame):
             # Stages report failures upstream (an unreachable LLM, a TTS error): tell the caller.
             await self._hooks.stage_failed(frame.error)
@@ -84,26 +97,35 @@ class LLMWatcher(FrameProcessor):
 
 
 class SpokenTextEmitter(FrameProcessor):
-    """Before the output transport: each sentence about to be spoken becomes an `agent.text` event.
+    """Before the output transport: each sentence about to be spoken becomes an `agent.text` event,
+    and the playback ledger learns each sentence with the audio it takes.
 
     The event is queued with the audio (not urgent), so it reaches the client just before the
     sentence's audio, and it is dropped with that audio when the user interrupts.
     """
 
-    def __init__(self, hooks: TurnHooks, **kwargs):
+    def __init__(self, hooks: TurnHooks, ledger: PlaybackLedger, **kwargs):
         super().__init__(**kwargs)
         self._hooks = hooks
+        self._ledger = ledger
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
         await self.push_frame(frame, direction)
-        if (
+        if direction != FrameDirection.DOWNSTREAM:
+            return
+        if isinstance(frame, TTSAudioRawFrame):
+            if self._hooks.response_in_progress():
+                self._ledger.queue_audio(len(frame.audio))
+        elif (
             isinstance(frame, AggregatedTextFrame)
             and not isinstance(frame, TTSTextFrame)  # the same sentence again, after its audio
-            and direction == FrameDirection.DOWNSTREAM
             and frame.text.strip()
         ):
-            event = protocol.AgentText(turn_id=self._hooks.current_turn_id(), text=frame.text.strip())
+            text = frame.text.strip()
+            if self._hooks.response_in_progress():
+                self._ledger.queue_sentence(text)
+            event = protocol.AgentText(turn_id=self._hooks.current_turn_id(), text=text)
             await self.push_frame(OutputTransportMessageFrame(message=event.model_dump()))
 
 
@@ -119,4 +141,19 @@ class PlaybackWatcher(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMFullResponseEndFrame) and direction == FrameDirection.DOWNSTREAM:
             await self._hooks.audio_done()
+        await self.push_frame(frame, direction)
+
+
+class HistoryWatcher(FrameProcessor):
+    """Last in the pipeline: an interruption that reaches it has passed the assistant history, which
+    has recorded its version of the cut-off answer (for the session to correct)."""
+
+    def __init__(self, hooks: TurnHooks, **kwargs):
+        super().__init__(**kwargs)
+        self._hooks = hooks
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InterruptionFrame):
+            self._hooks.history_settled()
         await self.push_frame(frame, direction)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from pipecat.frames.frames import DataFrame, Frame, TranscriptionFrame, VADUserStoppedSpeakingFrame
+from pipecat.frames.frames import (
+    DataFrame,
+    Frame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
 from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams
 from pipecat.turns.types import ProcessFrameResult
-from pipecat.turns.user_start import VADUserTurnStartStrategy
+from pipecat.turns.user_start import BaseUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
@@ -24,9 +33,177 @@ class SpeechSegmentDoneFrame(DataFrame):
     """
 
     heard_words: bool = False
+    # An interruption must not drop it: a barge-in is confirmed by the transcript just before it,
+    # and a turn whose segment never reports done would wait for pipecat's 5 s fallback.
+    interruptible: bool = field(default=False, init=False)
 
 
 NothingHeard = Callable[[], Awaitable[None]]
+
+# A transcript of the agent's own voice coming back (echo) shares nearly all its words with what
+# the agent just said; a caller who really interrupts says something else. 0.8 leaves room for
+# one or two words Whisper hears differently.
+ECHO_WORD_OVERLAP = 0.8
+# Fewer words than this are too little evidence of echo ("the", "nine"): judged as speech.
+ECHO_MIN_WORDS = 3
+# Backchannels are short: a longer run of "yeah okay right sure" is someone taking the floor.
+BACKCHANNEL_MAX_WORDS = 4
+
+_WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
+# Hums however Whisper spells them ("Mmhm", "Hmmm", "Mhmm", "Uhuh"): acknowledgements, not words.
+_HUM = re.compile(r"^[mnhu]+$")
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-case words without punctuation ("Mm-hmm." → ["mm-hmm"])."""
+    return _WORD.findall(text.lower())
+
+
+class InterruptionPolicy:
+    """Decides whether what the user said while the agent was talking takes the floor.
+
+    Not an interruption: no words at all (a cough, a click: Whisper finds none), a backchannel
+    ("mm-hmm", "yeah okay"), or the agent's own words coming back through a speakerphone.
+    """
+
+    def __init__(self, backchannel_words: str):
+        self.backchannel_words = frozenset(
+            w.strip().lower() for w in backchannel_words.split(",") if w.strip()
+        )
+
+    def is_backchannel(self, text: str) -> bool:
+        words = words_of(text)
+        return 0 < len(words) <= BACKCHANNEL_MAX_WORDS and all(
+            w in self.backchannel_words
+            or w.replace("-", "") in self.backchannel_words
+            or _HUM.match(w.replace("-", ""))
+            for w in words
+        )
+
+    @staticmethod
+    def is_echo(text: str, agent_said: str) -> bool:
+        words = words_of(text)
+        if len(words) < ECHO_MIN_WORDS:
+            return False
+        said = set(words_of(agent_said))
+        return sum(w in said for w in words) / len(words) >= ECHO_WORD_OVERLAP
+
+    def takes_the_floor(self, text: str, agent_said: str) -> bool:
+        return bool(words_of(text)) and not self.is_backchannel(text) and not self.is_echo(text, agent_said)
+
+
+class AgentFloor(Protocol):
+    """What the barge-in strategy needs from the session."""
+
+    def agent_audible(self) -> bool:
+        """The agent's answer is being played to the user."""
+
+    def agent_recent_text(self) -> str:
+        """What the agent said in the last few seconds (to recognise its own echo)."""
+
+    async def hold_agent(self) -> None:
+        """Pause the agent's audio: the user may be taking the floor."""
+
+    async def release_agent(self, reason: str) -> None:
+        """Resume the agent's audio: the sound was not an interruption."""
+
+
+class BargeInStrategy(BaseUserTurnStartStrategy):
+    """When a user turn starts, and so when the agent is interrupted.
+
+    While the agent is silent, the VAD hearing speech starts a turn at once (as pipecat's
+    VADUserTurnStartStrategy does). While the agent is being heard, speech first *holds* the
+    agent (its audio pauses within one audio chunk: that is the barge-in as the user hears it),
+    and then either
+      - takes the floor: the transcript has words that are not a backchannel nor the agent's own
+        echo, or the user has kept speaking for `confirm_secs` → the turn starts, the agent is
+        interrupted and its answer cancelled;
+      - or gives it back: no words (a cough), a backchannel, echo, or no verdict within
+        `resume_secs` of the sound ending → the agent carries on where it paused, and what was
+        heard is dropped from the user's side of the conversation.
+    """
+
+    def __init__(
+        self, floor: AgentFloor, policy: InterruptionPolicy, confirm_secs: float, resume_secs: float
+    ):
+        super().__init__()
+        self._floor = floor
+        self._policy = policy
+        self._confirm_secs = confirm_secs
+        self._resume_secs = resume_secs
+        self._holding = False
+        # From a hold until the sound's transcript is in: a verdict that comes after the agent
+        # resumed (Whisper slow under load) still counts, so real words are never dropped.
+        self._awaiting_transcript = False
+        self._user_speaking = False
+        self._timer: asyncio.Task | None = None
+
+    @property
+    def holding(self) -> bool:
+        return self._holding
+
+    async def handle_user_turn_started(self):
+        self._holding = False
+        self._awaiting_transcript = False
+        await self._cancel_timer()
+
+    async def cleanup(self):
+        await super().cleanup()
+        await self._cancel_timer()
+
+    async def process_frame(self, frame: Frame) -> ProcessFrameResult:
+        if isinstance(frame, VADUserStartedSpeakingFrame):
+            self._user_speaking = True
+            if not self._holding and not self._floor.agent_audible():
+                await self.trigger_user_turn_started()
+                return ProcessFrameResult.STOP
+            if not self._holding:
+                self._holding = True
+                await self._floor.hold_agent()
+            self._awaiting_transcript = True
+            self._start_timer(self._confirm_after_speech())
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._user_speaking = False
+            if self._holding:
+                self._start_timer(self._release_after_silence())
+        elif isinstance(frame, TranscriptionFrame) and (self._holding or self._awaiting_transcript):
+            if self._policy.takes_the_floor(frame.text, self._floor.agent_recent_text()):
+                await self.trigger_user_turn_started()
+                return ProcessFrameResult.STOP
+            # Not for the conversation: the user aggregator must not keep it as the user's words.
+            await self.trigger_reset_aggregation()
+        elif isinstance(frame, SpeechSegmentDoneFrame) and not self._user_speaking:
+            self._awaiting_transcript = False
+            if self._holding:
+                await self._release("no words" if not frame.heard_words else "backchannel or echo")
+        return ProcessFrameResult.CONTINUE
+
+    async def _confirm_after_speech(self) -> None:
+        await asyncio.sleep(self._confirm_secs)
+        self._timer = None
+        if self._holding and self._user_speaking:
+            await self.trigger_user_turn_started()
+
+    async def _release_after_silence(self) -> None:
+        await asyncio.sleep(self._resume_secs)
+        self._timer = None
+        if self._holding and not self._user_speaking:
+            await self._release("no verdict in time")
+
+    async def _release(self, reason: str) -> None:
+        self._holding = False
+        await self._cancel_timer()
+        await self._floor.release_agent(reason)
+
+    def _start_timer(self, coro) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.task_manager.create_task(coro, f"{self}::timer")
+
+    async def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer is not asyncio.current_task():
+            await self.task_manager.cancel_task(timer)
 
 
 class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
@@ -66,6 +243,13 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
         self._text += frame.text
         await self._maybe_trigger_user_turn_stopped()
 
+    async def handle_user_turn_started(self):
+        # Only the words belong to the turn before it. The silence already timed, and the segments
+        # still being transcribed, belong to this one: a barge-in turn starts when its transcript
+        # proves it is one, after the user has stopped speaking. (A turn started by the VAD
+        # discards them anyway, as the VAD start resets them.)
+        self._text = ""
+
     async def _stt_timeout_handler(self, timeout: float):  # noqa: ASYNC109 - pipecat's signature
         # pipecat's safety net for streaming STT; here every segment reports done in-band, so
         # completion is known exactly and the net would only cut a slow segment off.
@@ -77,23 +261,28 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
 
 
 def user_turn_params(
+    floor: AgentFloor,
     vad_start_secs: float,
     vad_stop_secs: float,
     turn_pause_secs: float,
+    policy: InterruptionPolicy,
+    confirm_secs: float,
+    resume_secs: float,
     on_nothing_heard: NothingHeard | None = None,
 ) -> LLMUserAggregatorParams:
-    """A turn starts when the VAD hears speech (interrupting the agent), and ends after
-    `turn_pause_secs` of silence once every segment of it is transcribed.
+    """A turn starts when the VAD hears speech, or, while the agent is heard, when that speech
+    proves to be an interruption (BargeInStrategy); it ends after `turn_pause_secs` of silence
+    once every segment of it is transcribed.
 
-    Only the VAD starts turns: a transcript arriving late must never open a turn of its own and
-    make the agent interrupt itself. A pause shorter than vad_stop + turn_pause inside a question
-    keeps it one turn (a longer one is merged by the session if no answer was heard yet).
-    pipecat's "empty turn" recovery is off: it silently adds messages to the LLM context.
+    A transcript arriving late never opens a turn of its own (that would make the agent interrupt
+    itself). A pause shorter than vad_stop + turn_pause inside a question keeps it one turn (a
+    longer one is merged by the session if no answer was heard yet). pipecat's "empty turn"
+    recovery is off: it silently adds messages to the LLM context.
     """
     return LLMUserAggregatorParams(
         vad_analyzer=make_vad(vad_start_secs, vad_stop_secs),
         user_turn_strategies=UserTurnStrategies(
-            start=[VADUserTurnStartStrategy()],
+            start=[BargeInStrategy(floor, policy, confirm_secs=confirm_secs, resume_secs=resume_secs)],
             stop=[WholeTurnStopStrategy(on_nothing_heard, user_speech_timeout=turn_pause_secs)],
         ),
         empty_user_turn=None,

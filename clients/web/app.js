@@ -5,10 +5,18 @@ const SEND_RATE = 16000; // what Whisper and the VAD work at: sending more would
 const JITTER_MS = 60; // playback starts once this much is queued (or it waited this long): no clicks on jitter
 const QUIET_LEVEL = 0.01; // RMS below this is "quiet" for the page's own (VAD-free) detector
 const QUIET_HOLD_MS = 150; // …for this long: a gap between words doesn't count as the end
+const PLAYBACK_REPORT_MS = 250; // how often the server hears how far playback got (for what was heard)
 const STAGES = ["endpoint", "stt", "rag", "llm_ttft", "first_sentence", "tts_ttfa", "send"];
 
 const $ = (id) => document.getElementById(id);
-const stats = { sentFrames: 0, receivedAudioMs: 0, playedAudioMs: 0, interruptions: 0 };
+const stats = {
+  sentFrames: 0,
+  receivedAudioMs: 0,
+  playedAudioMs: 0,
+  droppedAudioMs: 0, // received, then dropped unplayed because the user interrupted
+  playbackReports: 0,
+  interruptions: 0,
+};
 window.parley = { stats };
 
 let ws = null;
@@ -23,6 +31,8 @@ let quietSince = null; // page clock (ms) when the mic went quiet after speech
 let spoke = false;
 let quietAt = null; // the moment the user went quiet, for the "heard here" figure
 let playedSamples = 0;
+let turnPlayStartMs = 0; // stats.playedAudioMs at the moment the current agent turn's audio begins
+let lastReportAt = 0;
 
 function setStatus(state) {
   $("status").textContent = state;
@@ -151,6 +161,8 @@ function onEvent(event) {
     case "agent.text":
       if (agentTurn !== event.turn_id) {
         agentTurn = event.turn_id;
+        // This turn's audio plays once everything received before it has played (or was dropped).
+        turnPlayStartMs = stats.receivedAudioMs - stats.droppedAudioMs;
         agentItem = say("agent", "");
       }
       agentItem.textContent = `${agentItem.textContent} ${event.text}`.trim();
@@ -159,13 +171,24 @@ function onEvent(event) {
       break;
     case "agent.interrupted":
       playback?.node.port.postMessage("clear");
+      stats.droppedAudioMs = stats.receivedAudioMs - stats.playedAudioMs; // the queue will never play
+      reportPlayback(true);
       stats.interruptions++;
       agentItem?.classList.add("cut");
       setStatus("listening");
       break;
+    case "agent.paused":
+      setStatus("listening");
+      break;
+    case "agent.resumed":
+      setStatus("speaking");
+      break;
     case "agent.audio_done":
       // back to listening once the audio still queued here has played out
-      setTimeout(() => ws && setStatus("listening"), Math.max(0, stats.receivedAudioMs - stats.playedAudioMs));
+      setTimeout(
+        () => ws && setStatus("listening"),
+        Math.max(0, stats.receivedAudioMs - stats.droppedAudioMs - stats.playedAudioMs),
+      );
       break;
     case "turn.trace":
       $("turn-latency").textContent = String(Math.round(event.stages_ms.voice_to_voice ?? 0));
@@ -175,6 +198,18 @@ function onEvent(event) {
       showError(`The server says: ${event.message}`);
       break;
   }
+}
+
+// Tells the server how much of the current turn's audio has really been played, so that after an
+// interruption it knows what the user heard (docs/protocol.md, `playback`).
+function reportPlayback(now) {
+  if (!ws || ws.readyState !== WebSocket.OPEN || agentTurn < 0) return;
+  const at = performance.now();
+  if (!now && at - lastReportAt < PLAYBACK_REPORT_MS) return;
+  lastReportAt = at;
+  const playedMs = Math.max(0, stats.playedAudioMs - turnPlayStartMs);
+  ws.send(JSON.stringify({ type: "playback", turn_id: agentTurn, played_ms: Math.round(playedMs) }));
+  stats.playbackReports++;
 }
 
 async function startPlayback() {
@@ -190,7 +225,7 @@ async function startPlayback() {
       const fresh = data.samples - playedSamples;
       playedSamples = data.samples;
       stats.playedAudioMs += (1000 * fresh) / outputRate;
-
+      reportPlayback(false);
     }
   };
   node.port.postMessage({ type: "config", prebufferSamples: Math.round((outputRate * JITTER_MS) / 1000) });

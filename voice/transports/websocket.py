@@ -9,6 +9,7 @@ raise: one bad message must not end the session.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import WebSocket
@@ -24,6 +25,7 @@ from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPI
 
 from voice import protocol
 from voice.audio import StreamResampler
+from voice.echo import EchoGuard
 from voice.stt import WHISPER_SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,10 @@ class ParleyWireSerializer(FrameSerializer):
         on_error: ErrorSink,
         on_text: TextSink,
         on_audio_sent: Callable[[int], bool],
+        wait_for_floor: Callable[[], Awaitable[object]],
+        on_playback: Callable[[int, float], None],
+        output_sample_rate: int,
+        echo_guard: EchoGuard | None = None,
     ):
         super().__init__()
         self._input_rate = input_sample_rate
@@ -48,12 +54,23 @@ class ParleyWireSerializer(FrameSerializer):
         self._on_error = on_error
         self._on_text = on_text
         self._on_audio_sent = on_audio_sent
+        self._wait_for_floor = wait_for_floor
+        self._on_playback = on_playback
+        # The guard hears both directions at 16 kHz: the caller's audio, and the agent's as sent.
+        self._echo = echo_guard
+        self._echo_resampler = StreamResampler(output_sample_rate, WHISPER_SAMPLE_RATE)
 
     async def serialize(self, frame: Frame) -> str | bytes | None:
         if isinstance(frame, OutputAudioRawFrame):
-            # The output transport paces these in real time: this is the moment the bytes go out
-            # (unless the session says this answer was interrupted).
-            return frame.audio if self._on_audio_sent(len(frame.audio)) else None
+            # The output transport paces these in real time, one at a time: waiting here pauses the
+            # agent's voice (while a user's sound is judged) without losing its place.
+            await self._wait_for_floor()
+            # This is the moment the bytes go out, unless the session says the answer was cut off.
+            if not self._on_audio_sent(len(frame.audio)):
+                return None
+            if self._echo is not None:
+                self._echo.played(self._echo_resampler.process(frame.audio), time.monotonic_ns())
+            return frame.audio
         if isinstance(frame, OutputTransportMessageFrame | OutputTransportMessageUrgentFrame):
             return protocol.json_dumps(frame.message)
         return None  # interruptions are announced by the session, with the turn id
@@ -95,6 +112,8 @@ class ParleyWireSerializer(FrameSerializer):
         pcm = self._resampler.process(data)
         if not pcm:
             return None
+        if self._echo is not None:
+            pcm = self._echo.filter(pcm, time.monotonic_ns())
         return InputAudioRawFrame(audio=pcm, sample_rate=WHISPER_SAMPLE_RATE, num_channels=1)
 
     async def _text(self, data: str) -> Frame | None:
@@ -108,7 +127,10 @@ class ParleyWireSerializer(FrameSerializer):
                 "already_started",
                 "The session has already started: send audio or input_text (reconnect to change the sample rate).",
             )
-        await self._on_text(message.text)
+        if isinstance(message, protocol.Playback):
+            self._on_playback(message.turn_id, message.played_ms)
+        else:
+            await self._on_text(message.text)
         return None
 
 

@@ -1,0 +1,262 @@
+"""Interruption logic with fakes: when a sound takes the floor from the agent, what the user heard
+of a cut-off answer, and how the history records it. (The real pipeline with real models is in
+test_interruptions_e2e.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from pipecat.frames.frames import TranscriptionFrame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
+from pipecat.utils.asyncio.task_manager import TaskManager
+
+from agents.context import is_resume_request, record_heard_answer
+from voice.config import Settings
+from voice.playback import CUT_OFF_MARK, PlaybackLedger
+from voice.turns import BargeInStrategy, InterruptionPolicy, SpeechSegmentDoneFrame
+
+POLICY = InterruptionPolicy(Settings().backchannel_words)
+AGENT_SAID = "On Monday, Tuesday, Wednesday and Friday we are open from 8 am to 6 pm."
+
+
+@pytest.mark.parametrize(
+    "heard", ["Mm-hmm.", "MMHM", "Hmmm.", "Uh uh", "Yeah, okay.", "Right.", "I see.", "Okay"]
+)
+def test_backchannels_do_not_take_the_floor(heard):
+    assert POLICY.is_backchannel(heard)
+    assert not POLICY.takes_the_floor(heard, AGENT_SAID)
+
+
+@pytest.mark.parametrize(
+    "heard", ["Wait.", "Stop, stop.", "Are you open on Sunday?", "Yeah, but what about Sunday?"]
+)
+def test_words_of_their_own_take_the_floor(heard):
+    assert POLICY.takes_the_floor(heard, AGENT_SAID)
+
+
+def test_the_agents_own_words_coming_back_are_echo():
+    assert POLICY.is_echo("we are open from 8 am", AGENT_SAID)
+    assert not POLICY.takes_the_floor("Wednesday and Friday we are open", AGENT_SAID)
+    assert POLICY.takes_the_floor("are you open on Sunday", AGENT_SAID)  # shares words, says something else
+
+
+def test_no_words_never_take_the_floor():
+    assert not POLICY.takes_the_floor("", AGENT_SAID)
+    assert not POLICY.takes_the_floor("...", AGENT_SAID)
+
+
+# --- what was heard -----------------------------------------------------------------------------
+
+RATE = 1000  # 1000 Hz s16le: 2 bytes per ms, easy arithmetic
+
+
+class Clock:
+    def __init__(self):
+        self.ns = 0
+
+    def __call__(self) -> int:
+        return self.ns
+
+    def advance_ms(self, ms: float) -> None:
+        self.ns += int(ms * 1_000_000)
+
+
+def ledger_with_two_sentences(clock: Clock) -> PlaybackLedger:
+    ledger = PlaybackLedger(RATE, clock)
+    ledger.new_answer(1)
+    ledger.queue_sentence("We open at nine on Saturday.")  # 6 words, 1200 ms
+    ledger.queue_audio(2400)
+    ledger.queue_sentence("On Sunday we are closed all day.")  # 7 words, 1400 ms
+    ledger.queue_audio(2800)
+    return ledger
+
+
+def test_heard_text_is_whole_sentences_then_the_share_of_words_played():
+    ledger = ledger_with_two_sentences(Clock())
+    ledger.sent(2 * 1900)  # 1900 ms: the first sentence and half of the second
+    assert ledger.heard_text() == f"We open at nine on Saturday. On Sunday we{CUT_OFF_MARK}"
+    assert ledger.unheard_text() == "On Sunday we are closed all day."
+    assert ledger.heard_text(0) == ""
+    assert ledger.heard_text(1200) == "We open at nine on Saturday."
+
+
+def test_client_reports_carry_forward_in_real_time_but_never_past_what_was_sent():
+    clock = Clock()
+    ledger = ledger_with_two_sentences(clock)
+    ledger.sent(2 * 1500)
+    ledger.report(1, played_ms=900)  # the client is 600 ms behind what was sent
+    assert ledger.heard_ms() == 900
+    clock.advance_ms(300)
+    assert ledger.heard_ms() == 1200
+    clock.advance_ms(1000)
+    assert ledger.heard_ms() == 1500  # capped: it cannot have played what it was not sent
+
+
+def test_a_cut_off_answer_stops_where_it_was_and_the_clients_last_word_wins():
+    clock = Clock()
+    ledger = ledger_with_two_sentences(clock)
+    ledger.sent(2 * 1500)
+    ledger.stop()
+    clock.advance_ms(5000)
+    assert ledger.heard_ms() == 1500
+    ledger.report(1, played_ms=1000)  # the client says where it really stopped
+    assert ledger.heard_text() == f"We open at nine on{CUT_OFF_MARK}"
+    ledger.report(7, played_ms=0)  # another turn's report changes nothing
+    assert ledger.heard_ms() == 1000
+
+
+def test_the_history_holds_only_what_was_heard():
+    question = {"role": "user", "content": "hours?"}
+    queued = {"role": "assistant", "content": "We open at nine on Saturday. On Sunday we are closed all day."}
+    new = {"role": "user", "content": "Wait, and Monday?"}
+    messages = [question, queued, new]
+    record_heard_answer(messages, "We open at nine on Saturday. On Sunday we—")
+    assert messages == [
+        question,
+        {"role": "assistant", "content": "We open at nine on Saturday. On Sunday we—"},
+        new,
+    ]
+
+    messages = [question, new]  # pipecat had recorded nothing yet
+    record_heard_answer(messages, "We open at—")
+    assert messages == [question, {"role": "assistant", "content": "We open at—"}, new]
+
+    messages = [question, queued, new]  # nothing heard: the agent never said it
+    record_heard_answer(messages, "")
+    assert messages == [question, new]
+
+
+@pytest.mark.parametrize(
+    ("text", "resume"),
+    [
+        ("Sorry, what were you saying?", True),
+        ("Okay, go on.", True),
+        ("You were saying?", True),
+        ("Please continue.", True),
+        ("What time do you open?", False),
+        ("Are you going on holiday?", False),
+    ],
+)
+def test_resume_requests(text, resume):
+    assert is_resume_request(text) is resume
+
+
+# --- the barge-in strategy, with a fake session -------------------------------------------------
+
+CONFIRM_S = 0.2  # short stand-ins for the settings: the test is about order, not duration
+RESUME_S = 0.2
+
+
+class FakeFloor:
+    def __init__(self, audible: bool = True):
+        self.audible = audible
+        self.log: list[str] = []
+
+    def agent_audible(self) -> bool:
+        return self.audible
+
+    def agent_recent_text(self) -> str:
+        return AGENT_SAID
+
+    async def hold_agent(self) -> None:
+        self.log.append("hold")
+
+    async def release_agent(self, reason: str) -> None:
+        self.log.append(f"release: {reason}")
+
+
+async def strategy_with(floor: FakeFloor) -> BargeInStrategy:
+    strategy = BargeInStrategy(floor, POLICY, confirm_secs=CONFIRM_S, resume_secs=RESUME_S)
+    await strategy.setup(SimpleNamespace(task_manager=TaskManager()))
+
+    async def started(_strategy, _params):
+        floor.log.append("turn started")
+        await strategy.handle_user_turn_started()  # as pipecat's controller does
+
+    async def reset(_strategy):
+        floor.log.append("user words dropped")
+
+    strategy.add_event_handler("on_user_turn_started", started)
+    strategy.add_event_handler("on_reset_aggregation", reset)
+    return strategy
+
+
+def transcript(text: str) -> TranscriptionFrame:
+    return TranscriptionFrame(text, "user", "2026-01-01T00:00:00")
+
+
+async def test_speech_while_the_agent_is_silent_starts_a_turn_at_once():
+    floor = FakeFloor(audible=False)
+    strategy = await strategy_with(floor)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    assert floor.log == ["turn started"]
+
+
+async def test_a_backchannel_holds_the_agent_then_gives_the_floor_back():
+    floor = FakeFloor()
+    strategy = await strategy_with(floor)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStoppedSpeakingFrame())
+    await strategy.process_frame(transcript("Mm-hmm."))
+    await strategy.process_frame(SpeechSegmentDoneFrame(heard_words=True))
+    assert floor.log == ["hold", "user words dropped", "release: backchannel or echo"]
+    await asyncio.sleep(RESUME_S * 2)  # no late timer fires a second release
+    assert floor.log[-1] == "release: backchannel or echo" and len(floor.log) == 3
+
+
+async def test_a_cough_holds_the_agent_then_gives_the_floor_back():
+    floor = FakeFloor()
+    strategy = await strategy_with(floor)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStoppedSpeakingFrame())
+    await strategy.process_frame(SpeechSegmentDoneFrame(heard_words=False))
+    assert floor.log == ["hold", "release: no words"]
+
+
+async def test_words_take_the_floor():
+    floor = FakeFloor()
+    strategy = await strategy_with(floor)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStoppedSpeakingFrame())
+    await strategy.process_frame(transcript("Wait, are you open on Sunday?"))
+    await strategy.process_frame(SpeechSegmentDoneFrame(heard_words=True))
+    assert floor.log == ["hold", "turn started"]
+
+
+async def test_long_speech_takes_the_floor_before_its_transcript():
+    floor = FakeFloor()
+    strategy = await strategy_with(floor)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    await asyncio.sleep(CONFIRM_S * 2)
+    assert floor.log == ["hold", "turn started"]
+
+
+async def test_no_verdict_in_time_gives_the_floor_back():
+    floor = FakeFloor()
+    strategy = await strategy_with(floor)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStoppedSpeakingFrame())
+    await asyncio.sleep(RESUME_S * 2)  # the transcript never came
+    assert floor.log == ["hold", "release: no verdict in time"]
+
+
+async def test_words_that_come_after_the_agent_resumed_still_take_the_floor():
+    floor = FakeFloor()
+    strategy = await strategy_with(floor)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStoppedSpeakingFrame())
+    await asyncio.sleep(RESUME_S * 2)  # Whisper is slow today
+    await strategy.process_frame(transcript("Hold on a second."))
+    assert floor.log == ["hold", "release: no verdict in time", "turn started"]
+
+
+async def test_a_backchannel_that_comes_late_is_still_dropped():
+    floor = FakeFloor()
+    strategy = await strategy_with(floor)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStoppedSpeakingFrame())
+    await asyncio.sleep(RESUME_S * 2)
+    await strategy.process_frame(transcript("Yeah."))
+    await strategy.process_frame(SpeechSegmentDoneFrame(heard_words=True))
+    assert floor.log == ["hold", "release: no verdict in time", "user words dropped"]
