@@ -293,6 +293,19 @@ def test_a_caller_without_echo_is_not_muted_for_long():
     assert guard.delay_s is None
 
 
+def test_a_quiet_headset_callers_first_barge_in_is_not_muted():
+    # A headset, and a silent line while the agent talks: that silence is evidence enough that
+    # there is no echo, so the caller's first words over the agent (here well below the agent's
+    # level) come through from their start.
+    sent, mic, alone = scenario(delay_s=0.25, gain=0.0, caller_starts_s=2.0)
+    mic *= 0.3
+    alone *= 0.3
+    out, _guard = through_guard(sent, mic)
+    alone = alone[: len(out)]
+    first = np.flatnonzero(alone)[: RATE // 2]  # the first half second of their speech
+    assert np.sum(out[first] ** 2) / np.sum(alone[first] ** 2) >= 0.95
+
+
 # A live call, as the server and the simulated caller (clients/caller.py) see it: the agent's
 # voice is made at the TTS's rate and paced out by pipecat in ~40 ms chunks, a few ms late each and
 # now and then 10-20 ms late (the next one then follows close behind). The server resamples them as

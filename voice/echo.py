@@ -289,6 +289,11 @@ class EchoGuard:
             lo, hi = max(self._min_lag, self._lag - self._local), min(self._max_lag, self._lag + self._local)
             found = self._estimate(x, end, lo, hi, self._local_fft_len)
         if found is None:
+            if self._taps is None and self._echo_due(end) and float(np.mean(x * x)) < SILENCE_RMS**2:
+                # The agent spoke at every delay searched and the line stayed silent: there is no
+                # echo path (a headset). Counted too, so the caller's first barge-in is not muted.
+                self._missed += interval
+                self._echo_absent = self._missed >= NO_ECHO_AFTER_S * self.sample_rate
             return
         lag, first_tap, taps, gain, explained = found
         # Keep the filter that cancels more of this window: the new one is fitted to it, so it
