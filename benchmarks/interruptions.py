@@ -26,7 +26,6 @@ import asyncio
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,17 +58,9 @@ def line(name: str, values: list[float]) -> str:
     return f"{name:<48} p50 {statistics.median(values):6.0f}  p95 {pct(values, 0.95):6.0f}  n {len(values)}"
 
 
-async def answer_started(caller: Caller) -> float:
-    asked = time.monotonic()
-    await caller.type(LONG_QUESTION)
-    started = await caller.wait_for_agent_audio(asked, timeout_s=TIMEOUT_S)
-    await caller.pause(CUT_IN_AFTER_S - (time.monotonic() - started))
-    return asked
-
-
 async def barge_in(url: str, text: str) -> dict:
     async with Caller(url) as caller:
-        asked = await answer_started(caller)
+        asked = await caller.ask_and_listen(LONG_QUESTION, CUT_IN_AFTER_S, TIMEOUT_S)
         await caller.say(speak(text))
         interrupted = await caller.wait_for("agent.interrupted", since=asked, timeout_s=30)
         trace = await caller.wait_for("turn.trace", turn_id=interrupted["turn_id"], timeout_s=30)
@@ -80,7 +71,7 @@ async def barge_in(url: str, text: str) -> dict:
 
 async def not_an_interruption(url: str, sound: bytes, echo: Echo | None = None) -> dict:
     async with Caller(url, echo=echo) as caller:
-        asked = await answer_started(caller)
+        asked = await caller.ask_and_listen(LONG_QUESTION, CUT_IN_AFTER_S, TIMEOUT_S)
         if sound:
             await caller.say(sound)
         await caller.wait_for("agent.audio_done", since=asked, timeout_s=TIMEOUT_S)
@@ -116,10 +107,13 @@ def first_at(caller: Caller, event: dict) -> float:
     return next(h.at for h in caller.log.received if h.event is event)
 
 
-async def run(url: str, repeats: int) -> None:
+SCENARIOS = ("barge-in", "false", "end-of-turn")
+
+
+async def run(url: str, repeats: int, scenarios: tuple[str, ...] = SCENARIOS) -> None:
     print("barge-in (3 cut-ins, repeated):", flush=True)
     barge = []
-    for i in range(repeats):
+    for i in range(repeats if "barge-in" in scenarios else 0):
         row = await barge_in(url, CUT_INS[i % len(CUT_INS)])
         barge.append(row)
         print(f"  client {row['client_ms']:.0f} ms, server {row['server_ms']} ms", flush=True)
@@ -132,7 +126,7 @@ async def run(url: str, repeats: int) -> None:
         "echo (200 ms, -10 dB)": lambda: b"",
     }
     false_rows: dict[str, list[dict]] = {}
-    for name, make in sounds.items():
+    for name, make in sounds.items() if "false" in scenarios else ():
         echo = Echo(200, 0.3) if name.startswith("echo") else None
         false_rows[name] = [await not_an_interruption(url, make(), echo) for _ in range(repeats)]
         rows = false_rows[name]
@@ -144,7 +138,7 @@ async def run(url: str, repeats: int) -> None:
 
     print("end of turn:", flush=True)
     eot = []
-    for _ in range(max(1, repeats // 2)):
+    for _ in range(max(1, repeats // 2) if "end-of-turn" in scenarios else 0):
         for text in END_OF_TURN:
             row = await end_of_turn(url, text)
             eot.append(row)
@@ -176,6 +170,9 @@ def main() -> int:
     )
     parser.add_argument("--url", help="a running server's /ws; default: start one")
     parser.add_argument("--repeats", type=int, default=5, help="calls per scenario")
+    parser.add_argument(
+        "--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {', '.join(SCENARIOS)}"
+    )
     args = parser.parse_args()
     server = None
     url = args.url
@@ -183,7 +180,7 @@ def main() -> int:
         server = start_server(Path(tempfile.mkdtemp(prefix="parley-bench-")))
         url = server.ws_url
     try:
-        asyncio.run(run(url, args.repeats))
+        asyncio.run(run(url, args.repeats, tuple(args.only.split(","))))
     finally:
         if server:
             stop_server(server)

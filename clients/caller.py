@@ -116,6 +116,14 @@ class Caller:
     async def pause(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
+    async def ask_and_listen(self, question: str, listen_s: float, timeout_s: float = 90.0) -> float:
+        """Type `question`; return (the time it was asked) once its answer has played `listen_s`."""
+        asked = time.monotonic()
+        await self.type(question)
+        started = await self.wait_for_agent_audio(asked, timeout_s=timeout_s)
+        await self.pause(listen_s - (time.monotonic() - started))
+        return asked
+
     async def wait_for(self, kind: str, since: float = 0.0, timeout_s: float = 60.0, **match) -> dict:
         """The first event of `kind` received at or after `since` whose fields match."""
         deadline = time.monotonic() + timeout_s

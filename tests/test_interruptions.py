@@ -13,8 +13,9 @@ from pipecat.utils.asyncio.task_manager import TaskManager
 
 from agents.context import is_resume_request, record_heard_answer
 from voice.config import Settings
+from voice.end_of_turn import TurnCompletionFrame
 from voice.playback import CUT_OFF_MARK, PlaybackLedger
-from voice.turns import BargeInStrategy, InterruptionPolicy, SpeechSegmentDoneFrame
+from voice.turns import BargeInStrategy, InterruptionPolicy, SpeechSegmentDoneFrame, WholeTurnStopStrategy
 
 POLICY = InterruptionPolicy(Settings().backchannel_words)
 AGENT_SAID = "On Monday, Tuesday, Wednesday and Friday we are open from 8 am to 6 pm."
@@ -260,3 +261,49 @@ async def test_a_backchannel_that_comes_late_is_still_dropped():
     await strategy.process_frame(transcript("Yeah."))
     await strategy.process_frame(SpeechSegmentDoneFrame(heard_words=True))
     assert floor.log == ["hold", "release: no verdict in time", "user words dropped"]
+
+
+# --- end of turn, with Smart Turn's verdict ------------------------------------------------------
+
+PAUSE_COMPLETE_S = 0.05
+PAUSE_INCOMPLETE_S = 0.4
+DEFAULT_PAUSE_S = 0.2
+
+
+async def stop_strategy(stopped: list[str]) -> WholeTurnStopStrategy:
+    strategy = WholeTurnStopStrategy(
+        pause_complete_secs=PAUSE_COMPLETE_S,
+        pause_incomplete_secs=PAUSE_INCOMPLETE_S,
+        user_speech_timeout=DEFAULT_PAUSE_S,
+    )
+    await strategy.setup(SimpleNamespace(task_manager=TaskManager()))
+
+    async def on_stopped(_strategy, _params):
+        stopped.append("turn ended")
+
+    strategy.add_event_handler("on_user_turn_stopped", on_stopped)
+    return strategy
+
+
+async def a_pause_judged(complete: bool, wait_s: float) -> list[str]:
+    stopped: list[str] = []
+    strategy = await stop_strategy(stopped)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await strategy.process_frame(TurnCompletionFrame(complete=complete))
+    await strategy.process_frame(transcript("Hi."))
+    await strategy.process_frame(SpeechSegmentDoneFrame(heard_words=True))
+    await asyncio.sleep(wait_s)
+    await strategy.cleanup()
+    return stopped
+
+
+async def test_speech_that_sounds_finished_ends_the_turn_after_the_short_pause():
+    assert await a_pause_judged(complete=True, wait_s=(PAUSE_COMPLETE_S + DEFAULT_PAUSE_S) / 2) == [
+        "turn ended"
+    ]
+
+
+async def test_speech_that_sounds_unfinished_waits_for_the_long_pause():
+    assert await a_pause_judged(complete=False, wait_s=(DEFAULT_PAUSE_S + PAUSE_INCOMPLETE_S) / 2) == []
+    assert await a_pause_judged(complete=False, wait_s=PAUSE_INCOMPLETE_S * 2) == ["turn ended"]

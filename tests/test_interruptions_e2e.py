@@ -30,18 +30,9 @@ def audio_ms(caller: Caller, nbytes: int) -> float:
     return 1000 * nbytes / 2 / caller.output_rate
 
 
-async def ask_long_question(caller: Caller) -> float:
-    """Type the long question; return when its answer has been playing CUT_IN_AFTER_S."""
-    asked = time.monotonic()
-    await caller.type(LONG_QUESTION)
-    started = await caller.wait_for_agent_audio(asked, timeout_s=ANSWER_TIMEOUT_S)
-    await caller.pause(CUT_IN_AFTER_S - (time.monotonic() - started))
-    return asked
-
-
 async def test_barge_in_stops_the_agent_and_the_new_question_is_answered(server):
     async with Caller(server.ws_url) as caller:
-        asked = await ask_long_question(caller)
+        asked = await caller.ask_and_listen(LONG_QUESTION, CUT_IN_AFTER_S, ANSWER_TIMEOUT_S)
         cut_in = time.monotonic()
         await caller.say(speak("Wait. Are you open on Sunday?"))
         interrupted = await caller.wait_for("agent.interrupted", since=asked, timeout_s=30)
@@ -64,7 +55,7 @@ async def test_barge_in_stops_the_agent_and_the_new_question_is_answered(server)
 
 async def test_the_agent_stops_sending_audio_when_cut_off(server):
     async with Caller(server.ws_url) as caller:
-        await ask_long_question(caller)
+        await caller.ask_and_listen(LONG_QUESTION, CUT_IN_AFTER_S, ANSWER_TIMEOUT_S)
         await caller.say(speak("Stop, stop. How much is a tune-up?"))
         interrupted = await caller.wait_for("agent.interrupted", timeout_s=30)
         turn = interrupted["turn_id"]
@@ -79,11 +70,8 @@ async def test_the_agent_stops_sending_audio_when_cut_off(server):
 
 async def answer_with_interjection(server_url: str, interjection: bytes, echo: Echo | None = None) -> Caller:
     async with Caller(server_url, echo=echo) as caller:
-        asked = await ask_long_question(caller) if interjection else None
-        if asked is None:
-            asked = time.monotonic()
-            await caller.type(LONG_QUESTION)
-        else:
+        asked = await caller.ask_and_listen(LONG_QUESTION, CUT_IN_AFTER_S, ANSWER_TIMEOUT_S)
+        if interjection:
             await caller.say(interjection)
         await caller.wait_for("agent.audio_done", since=asked, timeout_s=ANSWER_TIMEOUT_S)
         await caller.pause(1)
@@ -134,7 +122,7 @@ async def test_a_short_yes_is_a_whole_turn(server):
 
 async def test_what_were_you_saying_continues_from_what_was_heard(server):
     async with Caller(server.ws_url) as caller:
-        await ask_long_question(caller)
+        await caller.ask_and_listen(LONG_QUESTION, CUT_IN_AFTER_S, ANSWER_TIMEOUT_S)
         await caller.say(speak("Hold on a second."))
         interrupted = await caller.wait_for("agent.interrupted", timeout_s=30)
         hold_on = await caller.wait_for("user.transcript", turn_id=interrupted["turn_id"] + 1, timeout_s=60)

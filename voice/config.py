@@ -124,6 +124,22 @@ class Settings(BaseSettings):
         "('Hi. ... What time do you open?') stays one turn; short enough to feel prompt.",
     )
 
+    smart_turn: bool = Field(
+        True,
+        description="Ask Smart Turn v3 (in pipecat, ~50 ms on CPU) at each pause whether the speech sounds "
+        "finished, and wait turn_pause_complete_secs or turn_pause_incomplete_secs instead of turn_pause_secs.",
+    )
+    turn_pause_complete_secs: float = Field(
+        0.2,
+        description="Silence that ends a turn that sounds finished ('Yes.', a whole question): short, so "
+        "the answer comes quickly (on a CPU, Whisper's ~0.9 s is the longer wait anyway).",
+    )
+    turn_pause_incomplete_secs: float = Field(
+        1.5,
+        description="Silence that ends a turn that sounds unfinished ('Hi. ...', 'I've got a flat, ...'): "
+        "room to go on, so the agent does not answer half a question.",
+    )
+
     # --- interruptions
     interrupt_confirm_secs: float = Field(
         1.2,

@@ -14,6 +14,7 @@ from agents.rag.embed import Embedder
 from agents.rag.retrieve import Retriever, open_knowledge
 from voice import models
 from voice.config import Settings
+from voice.end_of_turn import SmartTurnEngine
 from voice.stt import WhisperEngine
 from voice.tts import PiperEngine, fetch_piper_voice
 
@@ -92,6 +93,7 @@ class Engines:
     llm: LLMEndpoint
     retriever: Retriever
     embedded_llm: EmbeddedLLM | None = None
+    turn: SmartTurnEngine | None = None
 
     def describe(self) -> dict[str, str]:
         return {
@@ -165,4 +167,9 @@ async def load_engines(settings: Settings, paths: ModelPaths) -> Engines:
         await asyncio.to_thread(prime_slots, endpoint, SYSTEM_PROMPT, settings.llm_parallel)
     else:
         endpoint = LLMEndpoint(settings.llm_base_url.rstrip("/"), settings.llm_model, settings.llm_api_key)
-    return Engines(stt=stt, tts=tts, llm=endpoint, retriever=retriever, embedded_llm=embedded)
+    turn = None
+    if settings.smart_turn:
+        turn = await _load(
+            "end-of-turn", "Smart Turn v3", "It ships inside pipecat-ai.", SmartTurnEngine.load
+        )
+    return Engines(stt=stt, tts=tts, llm=endpoint, retriever=retriever, embedded_llm=embedded, turn=turn)

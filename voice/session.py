@@ -161,6 +161,9 @@ class Session(TurnHooks):
                 confirm_secs=s.interrupt_confirm_secs,
                 resume_secs=s.interrupt_resume_secs,
                 on_nothing_heard=self._nothing_heard,
+                # With Smart Turn, the pause that ends a turn depends on whether it sounds finished.
+                pause_complete_secs=s.turn_pause_complete_secs if e.turn else None,
+                pause_incomplete_secs=s.turn_pause_incomplete_secs if e.turn else None,
             ),
         )
         knowledge = KnowledgeContextProcessor(
@@ -174,7 +177,7 @@ class Session(TurnHooks):
         pipeline = Pipeline(
             [
                 transport.input(),
-                WhisperSTTStage(e.stt, self.tracer),
+                WhisperSTTStage(e.stt, self.tracer, e.turn),
                 user_turns,
                 UserTurnWatcher(self),
                 knowledge,

@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.utils.time import time_now_iso8601
 
 from voice.audio import pcm16_to_float
+from voice.end_of_turn import TURN_CONTEXT_S, SmartTurnEngine
 from voice.tracing import Moment, TurnTracer
 from voice.turns import SpeechSegmentDoneFrame
 
@@ -159,7 +161,9 @@ class WhisperSTTStage(SegmentedSTTService):
     pre-roll) and calls `run_stt` once per segment, in order, off the audio path.
     """
 
-    def __init__(self, engine: WhisperEngine, tracer: TurnTracer, **kwargs):
+    def __init__(
+        self, engine: WhisperEngine, tracer: TurnTracer, turn_model: SmartTurnEngine | None = None, **kwargs
+    ):
         super().__init__(
             sample_rate=WHISPER_SAMPLE_RATE,
             ttfs_p99_latency=STT_P99_LATENCY_S,
@@ -168,6 +172,8 @@ class WhisperSTTStage(SegmentedSTTService):
         )
         self._engine = engine
         self._tracer = tracer
+        self._turn_model = turn_model
+        self._recent: deque[tuple[float, bytes]] = deque()  # (ended at, audio) of recent segments
 
     @property
     def wants_wav_segments(self) -> bool:
@@ -176,12 +182,28 @@ class WhisperSTTStage(SegmentedSTTService):
     def can_generate_metrics(self) -> bool:
         return True
 
+    def _turn_so_far(self, audio: bytes) -> bytes:
+        """This segment, after the recent ones it may continue ("Hi. ... What time ...")."""
+        now = time.monotonic()
+        while self._recent and now - self._recent[0][0] > TURN_CONTEXT_S:
+            self._recent.popleft()
+        self._recent.append((now, audio))
+        return b"".join(pcm for _, pcm in self._recent)
+
     async def run_stt(self, audio: bytes):
         self._tracer.mark_pending(Moment.STT_START)
         text = ""
+        transcription = asyncio.ensure_future(self._engine.transcribe(audio))
+        if self._turn_model is not None:
+            # While Whisper works: does the speech so far sound finished? Its verdict sets how long
+            # the end-of-turn strategy waits, so it goes out first.
+            try:
+                yield await self._turn_model.judge(self._turn_so_far(audio))
+            except Exception:  # noqa: BLE001 - without a verdict the default pause applies
+                log.exception("Smart Turn failed; the default pause applies")
         try:
             await self.start_processing_metrics()
-            result = await self._engine.transcribe(audio)
+            result = await transcription
             await self.stop_processing_metrics()
             text = result.text
             log.debug("STT %.0f ms of audio in %.0f ms: %r", result.audio_ms, result.elapsed_ms, text)

@@ -21,6 +21,7 @@ from pipecat.turns.user_start import BaseUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
+from voice.end_of_turn import TurnCompletionFrame
 from voice.vad import make_vad
 
 
@@ -218,12 +219,25 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
     all of them.
     """
 
-    def __init__(self, on_nothing_heard: NothingHeard | None = None, **kwargs):
+    def __init__(
+        self,
+        on_nothing_heard: NothingHeard | None = None,
+        pause_complete_secs: float | None = None,
+        pause_incomplete_secs: float | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self._segments_open = 0
         self._on_nothing_heard = on_nothing_heard
+        self._default_pause = self._user_speech_timeout
+        self._pause_complete = pause_complete_secs
+        self._pause_incomplete = pause_incomplete_secs
+        self._vad_stopped_at: float | None = None
 
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
+        if isinstance(frame, TurnCompletionFrame):
+            await self._judged(frame.complete)
+            return ProcessFrameResult.CONTINUE
         if isinstance(frame, SpeechSegmentDoneFrame):
             self._segments_open = max(0, self._segments_open - 1)
             if self._segments_open == 0:
@@ -233,7 +247,21 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
             return ProcessFrameResult.CONTINUE
         return await super().process_frame(frame)
 
+    async def _judged(self, complete: bool) -> None:
+        """Smart Turn's verdict on the speech before this pause: the pause that ends the turn is
+        now the short or the long one, counted from the VAD's stop."""
+        pause = self._pause_complete if complete else self._pause_incomplete
+        if pause is None or self._vad_user_speaking or self._vad_stopped_at is None:
+            return
+        waited = asyncio.get_running_loop().time() - self._vad_stopped_at
+        self._user_speech_timeout = max(0.0, pause - waited)
+        try:
+            await self._restart_user_speech_timer()
+        finally:
+            self._user_speech_timeout = self._default_pause
+
     async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame):
+        self._vad_stopped_at = asyncio.get_running_loop().time()
         self._segments_open += 1
         # A transcript of an earlier segment says nothing about this one.
         self._transcript_finalized = False
@@ -269,6 +297,8 @@ def user_turn_params(
     confirm_secs: float,
     resume_secs: float,
     on_nothing_heard: NothingHeard | None = None,
+    pause_complete_secs: float | None = None,
+    pause_incomplete_secs: float | None = None,
 ) -> LLMUserAggregatorParams:
     """A turn starts when the VAD hears speech, or, while the agent is heard, when that speech
     proves to be an interruption (BargeInStrategy); it ends after `turn_pause_secs` of silence
@@ -283,7 +313,14 @@ def user_turn_params(
         vad_analyzer=make_vad(vad_start_secs, vad_stop_secs),
         user_turn_strategies=UserTurnStrategies(
             start=[BargeInStrategy(floor, policy, confirm_secs=confirm_secs, resume_secs=resume_secs)],
-            stop=[WholeTurnStopStrategy(on_nothing_heard, user_speech_timeout=turn_pause_secs)],
+            stop=[
+                WholeTurnStopStrategy(
+                    on_nothing_heard,
+                    pause_complete_secs=pause_complete_secs,
+                    pause_incomplete_secs=pause_incomplete_secs,
+                    user_speech_timeout=turn_pause_secs,
+                )
+            ],
         ),
         empty_user_turn=None,
     )
