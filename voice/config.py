@@ -31,6 +31,11 @@ class Settings(BaseSettings):
         "127.0.0.1", description="Address `parley serve` binds; loopback so nothing is exposed by accident."
     )
     port: int = Field(8000, description="Port `parley serve` listens on.")
+    otel_exporter: Literal["none", "console", "otlp"] = Field(
+        "none",
+        description="OpenTelemetry spans (conversation > turn > stage): none, console (stdout), or otlp "
+        "(to OTEL_EXPORTER_OTLP_ENDPOINT, the standard variables). Off by default: no side channel unasked.",
+    )
     trace_log: Path | None = Field(
         None,
         description="Append one JSON line per turn (the turn.trace figures) to this file; unset: no log.",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from voice.otel import SpanRecorder
 from voice.tracing import STAGES, TurnRecord
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,9 @@ MS_PER_S = 1000.0
 class Metrics:
     """One registry per server (tests start several in one process)."""
 
-    def __init__(self, trace_log: Path | None = None):
+    def __init__(self, trace_log: Path | None = None, spans: SpanRecorder | None = None):
         self.registry = CollectorRegistry()
+        self.spans = spans
         self.stage_seconds = Histogram(
             "parley_stage_seconds",
             "Time per turn stage; each stage runs between the two moments docs/protocol.md names.",
@@ -85,9 +87,24 @@ class Metrics:
         self._trace_log = trace_log
         self._log_lock = threading.Lock()
 
+    def session_started(self, session_id: str) -> None:
+        self.active_sessions.inc()
+        if self.spans is not None:
+            self.spans.conversation_started(session_id)
+
+    def session_ended(self, session_id: str) -> None:
+        self.active_sessions.dec()
+        if self.spans is not None:
+            self.spans.conversation_ended(session_id)
+
     def turn(self, session_id: str, record: TurnRecord) -> None:
-        """Record one finished (or interrupted) turn everywhere: histograms and the trace log."""
+        """Record one finished (or interrupted) turn everywhere: histograms, the trace log, spans."""
         stages = record.stages_ms()
+        if self.spans is not None:
+            try:
+                self.spans.turn(session_id, record)
+            except Exception:  # noqa: BLE001 - tracing must never cost a caller their turn
+                log.exception("could not record the turn's spans")
         for name, value_ms in stages.items():
             if name == "voice_to_voice":
                 self.voice_to_voice_seconds.observe(value_ms / MS_PER_S)

@@ -19,6 +19,7 @@ from voice.config import Settings
 from voice.engines import Engines, ModelPaths, load_engines, resolve_models
 from voice.metrics import Metrics
 from voice.models import ModelError
+from voice.otel import SpanRecorder, make_exporter
 from voice.session import Session
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,16 @@ class ServerState:
 def create_app(settings: Settings | None = None, paths: ModelPaths | None = None) -> FastAPI:
     """The app. Models load in the background after start-up; /health says when they are ready."""
     settings = settings or Settings()
-    state = ServerState(settings, metrics=Metrics(settings.trace_log))
+    exporter = make_exporter(settings.otel_exporter)
+    spans = SpanRecorder(exporter) if exporter is not None else None
+    state = ServerState(settings, metrics=Metrics(settings.trace_log, spans))
 
     async def _load() -> None:
         try:
             resolved = paths or await asyncio.to_thread(resolve_models, settings)
             state.engines = await load_engines(settings, resolved)
+            if spans is not None:
+                spans.models = state.engines.describe()
             log.info("models ready: %s", state.engines.describe())
         except ModelError as exc:
             state.load_error = str(exc)
@@ -61,6 +66,8 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
         loader.cancel()
         for session in list(state.sessions.values()):
             await session.stop()
+        if spans is not None:
+            spans.shutdown()  # flushes what the batch exporter still holds
 
     app = FastAPI(title="Parley", lifespan=lifespan)
     app.state.parley = state
@@ -100,11 +107,11 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
                 return
             session = Session(websocket, state.engines, settings, rate, state.metrics)
             state.sessions[session.id] = session
-            state.metrics.active_sessions.inc()
+            state.metrics.session_started(session.id)
             try:
                 await session.run()
             finally:
-                state.metrics.active_sessions.dec()
+                state.metrics.session_ended(session.id)
         except Exception:  # noqa: BLE001 - one session's failure must not reach the others
             log.exception("session %s failed", session.id if session else "(handshake)")
             with contextlib.suppress(Exception):
