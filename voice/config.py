@@ -163,7 +163,7 @@ class Settings(BaseSettings):
         "cancellation); it learns there is no echo on a headset and then costs nothing.",
     )
     backchannel_words: str = Field(
-        "mm-hmm,mmhm,mhm,mhmm,mm,hmm,uh-huh,huh,uh,um,yeah,yes,yep,yup,okay,ok,right,sure,alright,i,see,got,it,"
+        "mm-hmm,mmhm,mhm,mhmm,mm,hm,hmm,uh-huh,huh,uh,um,ah,aha,ah-ha,ha,oh,ooh,yeah,yes,yep,yup,okay,ok,right,sure,alright,i,see,got,it,"
         "oh,ah,cool,great,nice",
         description="Words that, said alone (up to 4) while the agent talks, acknowledge it rather than "
         "interrupt it. Comma-separated.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from voice.end_of_turn import TurnCompletionFrame
 from voice.vad import make_vad
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -168,7 +171,9 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
             if self._holding:
                 self._start_timer(self._release_after_silence())
         elif isinstance(frame, TranscriptionFrame) and (self._holding or self._awaiting_transcript):
-            if self._policy.takes_the_floor(frame.text, self._floor.agent_recent_text()):
+            takes = self._policy.takes_the_floor(frame.text, self._floor.agent_recent_text())
+            log.debug("heard over the agent: %r → %s", frame.text, "takes the floor" if takes else "not")
+            if takes:
                 await self.trigger_user_turn_started()
                 return ProcessFrameResult.STOP
             # Not for the conversation: the user aggregator must not keep it as the user's words.
