@@ -147,9 +147,12 @@ async def test_speaking_over_the_agent_stops_its_audio(server):
         interrupted_at = None
         loop = asyncio.get_running_loop()
         started = loop.time()
-        # The words, then silence while the agent (paused at once) hears them out and decides.
-        pcm = interruption + bytes(3 * 16000 * 2)
+        # The words, then silence while the agent (paused at once) hears them out and decides:
+        # Whisper's verdict takes 1-3 s on a busy 2-core machine. A second more after it comes.
+        pcm = interruption + bytes(8 * 16000 * 2)
         for i in range(0, len(pcm), frame):
+            if interrupted_at is not None and loop.time() - started > interrupted_at + 1:
+                break
             await ws.send(pcm[i : i + frame])
             await asyncio.sleep(0.02)
             while True:  # drain what has arrived, without blocking the microphone

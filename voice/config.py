@@ -153,9 +153,10 @@ class Settings(BaseSettings):
         "0.9-1.1 s, VAD onset included.",
     )
     interrupt_resume_secs: float = Field(
-        1.5,
+        2.5,
         description="After a sound that paused the agent ends, the longest the agent waits for a verdict "
-        "before carrying on. Covers Whisper's time on a short segment on a 2-core CPU.",
+        "before carrying on. Whisper takes 1.1-2 s on such a segment on a busy 2-core CPU; resuming "
+        "before a verdict that then cuts the agent off sounds worse than waiting.",
     )
     echo_guard: bool = Field(
         True,
