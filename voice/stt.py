@@ -43,6 +43,9 @@ STT_P99_LATENCY_S = 1.5
 MAX_TOKENS_PER_AUDIO_S = 8
 MIN_MAX_TOKENS = 24
 FALLBACK_TEMPERATURES = (0.0, 0.4, 0.8)
+# A transcript of this many words or fewer that is word for word a piece of the vocabulary prompt
+# is suspect: a caller saying just a heading is rare, Whisper echoing its prompt on a mumble is not.
+PROMPT_ECHO_MAX_WORDS = 4
 # A transcript this long made of this few distinct words is Whisper looping on a non-speech sound.
 LOOP_MIN_WORDS = 6
 LOOP_MAX_DISTINCT = 2
@@ -114,6 +117,19 @@ class WhisperEngine:
         """Transcribe 16 kHz float32 mono samples."""
         audio_ms = 1000.0 * len(samples) / WHISPER_SAMPLE_RATE
         start = time.monotonic()
+        text = self._decode(samples, audio_ms, self.vocabulary)
+        if self.vocabulary and self._copied_from_prompt(text):
+            # On a short unclear sound ("uh huh") Whisper may just say a line of its prompt back
+            # ("E-bike service,"): heard again without the prompt, it is what it was.
+            text = self._decode(samples, audio_ms, None)
+        return Transcript(text, audio_ms, 1000.0 * (time.monotonic() - start))
+
+    def _copied_from_prompt(self, text: str) -> bool:
+        words = re.findall(r"[a-z0-9']+", text.lower())
+        prompt = " ".join(re.findall(r"[a-z0-9']+", (self.vocabulary or "").lower()))
+        return 0 < len(words) <= PROMPT_ECHO_MAX_WORDS and f" {' '.join(words)} " in f" {prompt} "
+
+    def _decode(self, samples: np.ndarray, audio_ms: float, prompt: str | None) -> str:
         with self._lock:
             segments, _info = self._model.transcribe(
                 samples,
@@ -125,7 +141,7 @@ class WhisperEngine:
                 # The VAD already cut the speech out; Whisper's own VAD would run a second model.
                 vad_filter=False,
                 without_timestamps=True,
-                initial_prompt=self.vocabulary or None,
+                initial_prompt=prompt or None,
                 # Greedy first; a decode that fails Whisper's own checks is retried at most twice,
                 # sampling, and every decode is capped by the audio's length. (Whisper's default
                 # six temperatures and 448 tokens ran 18 s on a hum here; greedy alone heard
@@ -140,7 +156,7 @@ class WhisperEngine:
             text = ""  # "Thin Thin Thin Thin Thin Thin": a decoding loop on a hum, not speech
         if not any(ch.isalnum() for ch in text):
             text = ""  # punctuation alone ("...") is what Whisper writes for a breath or a click
-        return Transcript(text, audio_ms, 1000.0 * (time.monotonic() - start))
+        return text
 
     def transcribe_pcm16(self, pcm: bytes) -> Transcript:
         """Transcribe 16 kHz s16le bytes."""
