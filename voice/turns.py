@@ -142,10 +142,6 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
         self._user_speaking = False
         self._timer: asyncio.Task | None = None
 
-    @property
-    def holding(self) -> bool:
-        return self._holding
-
     async def handle_user_turn_started(self):
         self._holding = False
         self._awaiting_transcript = False
