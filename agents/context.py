@@ -10,14 +10,17 @@ its KV cache for everything before the new message and prefills only the new tok
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 from pipecat.frames.frames import Frame, LLMContextFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from agents.rag.retrieve import Hit, Retriever, format_context
+from agents.speculation import PREFILL_WAIT_S, Speculation, same_words
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,12 @@ def passage_key(hit: Hit) -> str:
 
 class KnowledgeContextProcessor(FrameProcessor):
     """Between the user aggregator and the LLM: retrieves passages for the user's latest words
-    and writes them into that message, so the LLM answers from the knowledge base."""
+    and writes them into that message, so the LLM answers from the knowledge base.
+
+    With `prefill` (agents/speculation.py), `speculate` starts the coming turn's retrieval and
+    LLM prefill during the end-of-turn pause; the turn, when it ends with the same words, uses
+    those passages and waits for that prefill instead of doing both again.
+    """
 
     def __init__(
         self,
@@ -54,6 +62,7 @@ class KnowledgeContextProcessor(FrameProcessor):
         top_k: int,
         on_start: Callable[[], None] | None = None,
         on_end: Callable[[], None] | None = None,
+        prefill: Callable[[list[dict]], Awaitable[None]] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -63,6 +72,58 @@ class KnowledgeContextProcessor(FrameProcessor):
         self._last_added: list[str] = []
         self._on_start = on_start
         self._on_end = on_end
+        self._prefill = prefill
+        self._speculation: Speculation | None = None
+
+    # --- speculation ---------------------------------------------------------------------------
+
+    async def speculate(self, history: list[dict], question: str) -> None:
+        """The user seems to be done (every word transcribed, the end-of-turn pause running):
+        retrieve for `question` and have the LLM prefill the prompt it will get. Nothing is
+        stored: the history and the passages given so far stay as they are."""
+        await self.cancel_speculation()
+        if self._prefill is None or not question.strip():
+            return
+        spec = Speculation(question.strip())
+        spec.task = self.create_task(self._run_speculation(spec, copy.deepcopy(history)), "speculation")
+        self._speculation = spec
+
+    async def cancel_speculation(self) -> None:
+        """The user spoke again: the speculative prompt is not this turn's."""
+        spec, self._speculation = self._speculation, None
+        if spec is not None and spec.task is not None and not spec.task.done():
+            log.debug("speculative prefill for %r dropped", spec.question)
+            await self.cancel_task(spec.task)
+
+    async def _run_speculation(self, spec: Speculation, history: list[dict]) -> None:
+        try:
+            spec.hits = await asyncio.to_thread(self._retriever.search, spec.question, self._top_k)
+        except Exception:  # noqa: BLE001 - the real turn retrieves again
+            log.exception("speculative retrieval failed")
+            return
+        finally:
+            spec.retrieved.set()
+        text, _keys = user_message(spec.question, spec.hits, self._given)
+        try:
+            await self._prefill([*history, {"role": "user", "content": text}])
+            log.debug("speculative prefill for %r done", spec.question)
+        except Exception as exc:  # noqa: BLE001 - a failed prefill only loses its head start
+            log.info("speculative prefill failed (%s); the turn prefills as usual", exc)
+
+    async def _take_speculation(self, question: str) -> Speculation | None:
+        """The speculation made for this question, if any; another one is dropped."""
+        spec = self._speculation
+        if spec is None:
+            return None
+        if not same_words(spec.question, question):
+            await self.cancel_speculation()
+            return None
+        self._speculation = None
+        return spec
+
+    async def cleanup(self):
+        await self.cancel_speculation()
+        await super().cleanup()
 
     def forget_last(self) -> None:
         """The last grounded message was withdrawn: its passages count as not given."""
@@ -85,13 +146,22 @@ class KnowledgeContextProcessor(FrameProcessor):
             log.debug("not grounding a message of type %s: %r", type(content).__name__, content)
             return  # already grounded (e.g. a re-run of the same turn)
         self._last_added = []  # set again below; stale keys must not be forgotten if this is cancelled
+        spec = await self._take_speculation(content)
+        if spec is not None:
+            ahead_ms = (time.monotonic_ns() - spec.started_ns) / 1e6
+            log.debug("turn %r was prefilled speculatively, from %.0f ms before it ended", content, ahead_ms)
         if self._on_start:
             self._on_start()
-        try:
-            hits = await asyncio.to_thread(self._retriever.search, content, self._top_k)
-        except Exception:  # noqa: BLE001 - an answer without facts beats no answer
-            log.exception("retrieval failed; answering without passages")
-            hits = []
+        if spec is not None:
+            await spec.retrieved.wait()
+        if spec is not None and spec.hits is not None:
+            hits = spec.hits
+        else:
+            try:
+                hits = await asyncio.to_thread(self._retriever.search, content, self._top_k)
+            except Exception:  # noqa: BLE001 - an answer without facts beats no answer
+                log.exception("retrieval failed; answering without passages")
+                hits = []
         text, keys = user_message(content, hits, self._given)
         self._given.update(keys)
         self._last_added = keys
@@ -102,6 +172,10 @@ class KnowledgeContextProcessor(FrameProcessor):
         )
         if self._on_end:
             self._on_end()
+        if spec is not None and spec.task is not None:
+            # The prefill of this very prompt may be under way: sent now, the real request would
+            # read it again in another slot, beside it, on the same cores. (Counted in llm_ttft.)
+            await asyncio.wait([spec.task], timeout=PREFILL_WAIT_S)
 
 
 def merge_continued_turn(messages: list[dict], first_text: str) -> str | None:

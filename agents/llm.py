@@ -135,3 +135,22 @@ def make_llm_stage(endpoint: LLMEndpoint, system_prompt: str, max_tokens: int, t
             max_completion_tokens=max_tokens,
         ),
     )
+
+
+def prompt_renderer(llm_stage, system_prompt: str):
+    """The messages `llm_stage` (from make_llm_stage) sends for a conversation: its own adapter
+    renders them, so a speculative prefill (agents/speculation.py) caches a prefix of the real
+    request's prompt."""
+    from pipecat.processors.aggregators.llm_context import LLMContext
+
+    adapter = llm_stage.get_llm_adapter()
+
+    async def render(messages: list[dict]) -> list[dict]:
+        params = await adapter.get_llm_invocation_params(
+            LLMContext(messages),
+            system_instruction=system_prompt,
+            convert_developer_to_user=not llm_stage.supports_developer_role,
+        )
+        return list(params["messages"])
+
+    return render

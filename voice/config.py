@@ -145,6 +145,14 @@ class Settings(BaseSettings):
         "room to go on, so the agent does not answer half a question.",
     )
 
+    speculative_prefill: bool = Field(
+        True,
+        description="Once every word is transcribed and the end-of-turn pause is running, retrieve and have "
+        "the LLM prefill the turn's prompt (one token, thrown away); the turn, when it ends, finds it "
+        "cached. Dropped if the user goes on. A hosted API without prompt caching bills it twice: "
+        "set false there.",
+    )
+
     # --- interruptions
     interrupt_confirm_secs: float = Field(
         1.2,

@@ -33,7 +33,8 @@ from agents.context import (
     merge_continued_turn,
     record_heard_answer,
 )
-from agents.llm import make_llm_stage
+from agents.llm import make_llm_stage, prompt_renderer
+from agents.speculation import PromptPrefill
 from voice import protocol
 from voice.config import Settings
 from voice.echo import EchoGuard
@@ -107,6 +108,7 @@ class Session(TurnHooks):
         self._history_settled = asyncio.Event()  # the last interruption has passed the assistant history
         self._unsaid = ""  # the rest of the last cut-off answer, for "what were you saying?"
         self._unsaid_until_turn = 0
+        self._prefill: PromptPrefill | None = None
 
     @property
     def output_sample_rate(self) -> int:
@@ -164,16 +166,21 @@ class Session(TurnHooks):
                 # With Smart Turn, the pause that ends a turn depends on whether it sounds finished.
                 pause_complete_secs=s.turn_pause_complete_secs if e.turn else None,
                 pause_incomplete_secs=s.turn_pause_incomplete_secs if e.turn else None,
+                on_settled=self._turn_settled,
+                on_speech_resumed=self._speech_resumed,
             ),
         )
+        llm = make_llm_stage(e.llm, SYSTEM_PROMPT, s.llm_max_tokens, s.llm_temperature)
+        if s.speculative_prefill:
+            self._prefill = PromptPrefill(e.llm, prompt_renderer(llm, SYSTEM_PROMPT))
         knowledge = KnowledgeContextProcessor(
             e.retriever,
             s.rag_top_k,
             on_start=lambda: self.tracer.mark(Moment.RAG_START),
             on_end=lambda: self.tracer.mark(Moment.RAG_END),
+            prefill=self._prefill,
         )
         self._knowledge = knowledge
-        llm = make_llm_stage(e.llm, SYSTEM_PROMPT, s.llm_max_tokens, s.llm_temperature)
         pipeline = Pipeline(
             [
                 transport.input(),
@@ -225,6 +232,8 @@ class Session(TurnHooks):
         try:
             await runner.run()
         finally:
+            if self._prefill is not None:
+                await self._prefill.close()
             log.info("session %s: ended after %d turns", self.id, self.turn_id)
 
     async def stop(self) -> None:
@@ -355,6 +364,15 @@ class Session(TurnHooks):
             log.info("session %s turn %d: resuming the cut-off answer", self.id, self.turn_id)
             return reply
         return None
+
+    async def _turn_settled(self, text: str) -> None:
+        """Every word is in and the pause that ends the turn is running: start on the answer's
+        prompt (nothing is said or stored until the turn really ends)."""
+        if self._prefill is not None and not self._agent_active:
+            await self._knowledge.speculate(self._context.get_messages(), text)
+
+    async def _speech_resumed(self) -> None:
+        await self._knowledge.cancel_speculation()
 
     def current_turn_id(self) -> int:
         return self.turn_id

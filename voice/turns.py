@@ -43,6 +43,10 @@ class SpeechSegmentDoneFrame(DataFrame):
 
 
 NothingHeard = Callable[[], Awaitable[None]]
+# Every segment of the turn is transcribed and the user is silent, but the pause that ends the
+# turn is still running: the words (so far) of the turn, for speculative work.
+TurnSettled = Callable[[str], Awaitable[None]]
+SpeechResumed = Callable[[], Awaitable[None]]
 
 # A transcript of the agent's own voice coming back (echo) shares nearly all its words with what
 # the agent just said; a caller who really interrupts says something else. 0.8 leaves room for
@@ -225,11 +229,15 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
         on_nothing_heard: NothingHeard | None = None,
         pause_complete_secs: float | None = None,
         pause_incomplete_secs: float | None = None,
+        on_settled: TurnSettled | None = None,
+        on_speech_resumed: SpeechResumed | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self._segments_open = 0
         self._on_nothing_heard = on_nothing_heard
+        self._on_settled = on_settled
+        self._on_speech_resumed = on_speech_resumed
         self._default_pause = self._user_speech_timeout
         self._pause_complete = pause_complete_secs
         self._pause_incomplete = pause_incomplete_secs
@@ -261,6 +269,11 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
         finally:
             self._user_speech_timeout = self._default_pause
 
+    async def _handle_vad_user_started_speaking(self, frame: VADUserStartedSpeakingFrame):
+        await super()._handle_vad_user_started_speaking(frame)
+        if self._on_speech_resumed is not None:
+            await self._on_speech_resumed()
+
     async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame):
         self._vad_stopped_at = asyncio.get_running_loop().time()
         self._segments_open += 1
@@ -287,6 +300,10 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
     async def _stt_caught_up(self) -> None:
         self._stt_wait_done = True
         await self._maybe_trigger_user_turn_stopped()
+        # Still waiting out the pause (a turn that ended has no text and a finished timer).
+        pause_running = not self._user_speech_wait_done and not self._vad_user_speaking
+        if pause_running and self._text and self._on_settled is not None:
+            await self._on_settled(self._text)
 
 
 def user_turn_params(
@@ -300,6 +317,8 @@ def user_turn_params(
     on_nothing_heard: NothingHeard | None = None,
     pause_complete_secs: float | None = None,
     pause_incomplete_secs: float | None = None,
+    on_settled: TurnSettled | None = None,
+    on_speech_resumed: SpeechResumed | None = None,
 ) -> LLMUserAggregatorParams:
     """A turn starts when the VAD hears speech, or, while the agent is heard, when that speech
     proves to be an interruption (BargeInStrategy); it ends after `turn_pause_secs` of silence
@@ -319,6 +338,8 @@ def user_turn_params(
                     on_nothing_heard,
                     pause_complete_secs=pause_complete_secs,
                     pause_incomplete_secs=pause_incomplete_secs,
+                    on_settled=on_settled,
+                    on_speech_resumed=on_speech_resumed,
                     user_speech_timeout=turn_pause_secs,
                 )
             ],
