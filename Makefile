@@ -7,7 +7,7 @@ PORT ?= 8000
 # The stamp makes set-up a no-op until a dependency list changes.
 STAMP := $(VENV)/.parley-setup
 
-.PHONY: setup run test lint format models clean
+.PHONY: setup run test bench lint format models clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ run: setup
 
 test: setup lint
 	$(BIN)/python -m pytest
+
+# The latency benchmark (benchmarks/bench.py): Parley vs a stock-pipecat baseline, 1/2/4 callers,
+# ~10 minutes on 2 cores; the report goes to benchmarks/results/<timestamp>/. ARGS passes options.
+bench: setup
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

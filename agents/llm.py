@@ -87,7 +87,8 @@ class EmbeddedLLM:
 
 def prime_slots(endpoint: LLMEndpoint, system_prompt: str, slots: int) -> None:
     """Prefill the system prompt into every slot at start-up (blocking), so no caller's first turn
-    pays for it. Concurrent requests land on different slots."""
+    pays for it. Each request names its slot: identical requests sent at once would otherwise all
+    be served, one after another, by the one slot that already holds the prompt."""
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
@@ -99,9 +100,12 @@ def prime_slots(endpoint: LLMEndpoint, system_prompt: str, slots: int) -> None:
     }
     headers = {"Authorization": f"Bearer {endpoint.api_key}"}
 
-    def one(_: int) -> None:
+    def one(slot: int) -> None:
         httpx.post(
-            f"{endpoint.base_url}/chat/completions", json=body, headers=headers, timeout=LOAD_TIMEOUT_S
+            f"{endpoint.base_url}/chat/completions",
+            json={**body, "id_slot": slot},  # llama.cpp's own field
+            headers=headers,
+            timeout=LOAD_TIMEOUT_S,
         )
 
     start = time.monotonic()

@@ -1,9 +1,10 @@
-"""The `parley` command: serve, talk, models, ingest."""
+"""The `parley` command: serve, talk, phone, models, ingest."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,6 +51,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from voice.config import Settings
     from voice.server import create_app
@@ -57,7 +60,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     if args.knowledge:
         overrides["knowledge_dir"] = Path(args.knowledge)
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except (ValidationError, SettingsError) as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        print(f"error: a setting is not valid: {exc}{cause}", file=sys.stderr)
+        return 2
     app = create_app(settings)
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level=args.log_level.lower(), ws_max_size=None
@@ -99,6 +107,21 @@ def _cmd_talk(args: argparse.Namespace) -> int:
     return talk_main(args)
 
 
+def _cmd_phone(args: argparse.Namespace) -> int:
+    from clients.phone import main as phone_main
+
+    return phone_main(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """The benchmark lives beside the code (benchmarks/bench.py): it needs a source checkout."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+    if not script.exists():
+        print("parley bench runs from a source checkout: clone the repository, then `make bench`.")
+        return 2
+    return subprocess.call([sys.executable, str(script), *args.bench_args])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description="A real-time voice agent.")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
@@ -127,6 +150,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--silence", type=float, default=3.0, help="seconds of silence sent after the speech")
     p.add_argument("--timeout", type=float, default=30.0, help="give up waiting for the reply after this")
     p.set_defaults(func=_cmd_talk)
+
+    p = sub.add_parser(
+        "phone", help="a phone call as Twilio would make it (Media Streams), without a Twilio account"
+    )
+    p.add_argument(
+        "--wav", default=None, help="the question: a 16-bit WAV file (any rate; sent as 8 kHz μ-law)"
+    )
+    p.add_argument("--url", default="ws://127.0.0.1:8000/twilio/media")
+    p.add_argument("--out", default=None, help="save what the caller heard to this WAV (8 kHz)")
+    p.add_argument("--dtmf", default=None, help="keys to press and when, in s from the start: '*@2,0@9'")
+    p.add_argument("--keys", action="store_true", help="press keys typed on the keyboard (Enter sends them)")
+    p.add_argument(
+        "--quiet", type=float, default=3.0, help="hang up once the agent has been silent this long"
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="give up waiting for the agent after this")
+    p.set_defaults(func=_cmd_phone)
+
+    p = sub.add_parser(
+        "bench",
+        help="latency benchmark: Parley and a stock-pipecat baseline at 1, 2, 4 callers "
+        "(options: python benchmarks/bench.py --help)",
+    )
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to benchmarks/bench.py")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
