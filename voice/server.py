@@ -1,4 +1,5 @@
-"""The HTTP/WebSocket front door: /health and /ws. No pipeline logic lives here."""
+"""The HTTP/WebSocket front door: /health, /metrics, /ws, and the phone's /twilio/voice and
+/twilio/media. No pipeline logic lives here."""
 
 from __future__ import annotations
 
@@ -7,25 +8,30 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, WebSocket
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from voice import protocol
+from voice import phone, protocol
 from voice.config import Settings
 from voice.engines import Engines, ModelPaths, load_engines, resolve_models
 from voice.metrics import Metrics
 from voice.models import ModelError
 from voice.otel import SpanRecorder, make_exporter
-from voice.session import Session
+from voice.session import EndReason, Session
+from voice.transports.twilio import TwilioWire, await_stream_start
+from voice.transports.websocket import ParleyWire
+from voice.transports.wire import Wire
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
 START_TIMEOUT_S = 30.0  # a client that never sends session.start is holding a socket for nothing
+MAX_WEBHOOK_BODY_BYTES = 64 * 1024  # Twilio's call webhook is ~1 KiB of form fields
 
 
 @dataclass
@@ -44,6 +50,12 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
     exporter = make_exporter(settings.otel_exporter)
     spans = SpanRecorder(exporter) if exporter is not None else None
     state = ServerState(settings, metrics=Metrics(settings.trace_log, spans))
+    if not settings.twilio_auth_token.get_secret_value():
+        log.warning(
+            "PARLEY_TWILIO_AUTH_TOKEN is not set: POST %s answers anyone, not only Twilio. Set it to your "
+            "Twilio account's auth token to accept only signed requests.",
+            phone.VOICE_PATH,
+        )
 
     async def _load() -> None:
         try:
@@ -84,47 +96,115 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
     async def metrics():
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.websocket("/ws")
-    async def ws(websocket: WebSocket):
-        await websocket.accept()
+    def _refusal() -> tuple[str, str] | None:
+        """Why a new conversation cannot start now (code, message), or None."""
         if state.engines is None:
-            reason = state.load_error or "models are still loading; retry when GET /health answers 200"
-            await _refuse(websocket, "not_ready", reason, protocol.WS_CLOSE_TRY_AGAIN, state.metrics)
-            return
-        if state.connections >= settings.max_sessions:
-            await _refuse(
-                websocket,
-                "busy",
-                f"All {settings.max_sessions} sessions are in use; retry later.",
-                protocol.WS_CLOSE_TRY_AGAIN,
+            return (
+                "not_ready",
+                state.load_error or "models are still loading; retry when GET /health answers 200",
             )
-            return
-        state.connections += 1  # reserved before the handshake, so simultaneous clients can't overfill
-        session = None
+        if state.connections >= settings.max_sessions:
+            return "busy", f"All {settings.max_sessions} sessions are in use; retry later."
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _place(websocket: WebSocket):
+        """One of max_sessions places, taken before the handshake (so simultaneous clients can't
+        overfill) and given back, with the socket closed, when the conversation is over."""
+        state.connections += 1
         try:
-            rate = await _await_session_start(websocket, state.metrics)
-            if rate is None:
-                return
-            session = Session(websocket, state.engines, settings, rate, state.metrics)
-            state.sessions[session.id] = session
-            state.metrics.session_started(session.id)
-            try:
-                await session.run()
-            finally:
-                state.metrics.session_ended(session.id)
-        except Exception:  # noqa: BLE001 - one session's failure must not reach the others
-            log.exception("session %s failed", session.id if session else "(handshake)")
-            with contextlib.suppress(Exception):
-                await _send_error(
-                    websocket, "internal", "The session failed; please reconnect.", state.metrics
-                )
+            yield
         finally:
             state.connections -= 1
-            if session is not None:
-                state.sessions.pop(session.id, None)
             if websocket.client_state == WebSocketState.CONNECTED:
                 with contextlib.suppress(Exception):
                     await websocket.close()
+
+    async def _converse(wire: Wire) -> None:
+        session = Session(wire, state.engines, settings, state.metrics)
+        state.sessions[session.id] = session
+        state.metrics.session_started(session.id)
+        try:
+            await session.run()
+        except Exception:  # noqa: BLE001 - one session's failure must not reach the others
+            log.exception("session %s failed", session.id)
+            with contextlib.suppress(Exception):
+                await session.send(
+                    protocol.ErrorEvent(code="internal", message="The session failed; please reconnect.")
+                )
+        finally:
+            state.metrics.session_ended(session.id, session.end_reason or EndReason.FAILED)
+            state.sessions.pop(session.id, None)
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket):
+        await websocket.accept()
+        if refusal := _refusal():
+            await _refuse(websocket, *refusal, protocol.WS_CLOSE_TRY_AGAIN, state.metrics)
+            return
+        async with _place(websocket):
+            try:
+                rate = await _await_session_start(websocket, state.metrics)
+            except Exception:  # noqa: BLE001 - one session's failure must not reach the others
+                log.exception("session (handshake) failed")
+                with contextlib.suppress(Exception):
+                    await _send_error(
+                        websocket, "internal", "The session failed; please reconnect.", state.metrics
+                    )
+                return
+            if rate is not None:
+                await _converse(ParleyWire(websocket, rate))
+
+    @app.post(phone.VOICE_PATH)
+    async def twilio_voice(request: Request):
+        """Twilio's voice webhook for an incoming call: TwiML that connects it to /twilio/media."""
+        body = await request.body()
+        if len(body) > MAX_WEBHOOK_BODY_BYTES:
+            return PlainTextResponse(f"Refused: over {MAX_WEBHOOK_BODY_BYTES} bytes.", status_code=413)
+        params = parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+        token = settings.twilio_auth_token.get_secret_value()
+        try:
+            if token:
+                url = phone.signed_url(settings.public_url, str(request.url))
+                phone.check_signature(token, request.headers.get(phone.SIGNATURE_HEADER), url, params)
+            stream = phone.stream_url(settings.public_url, request.headers.get("host"))
+        except phone.WebhookError as exc:
+            log.warning("POST %s refused (%d): %s", phone.VOICE_PATH, exc.status, exc.message)
+            state.metrics.error("bad_signature" if exc.status == 403 else "bad_webhook")
+            return PlainTextResponse(exc.message, status_code=exc.status)
+        call_sid = dict(params).get("CallSid", "?")
+        if refusal := _refusal():
+            log.warning("call %s turned away (%s): %s", call_sid, *refusal)
+            state.metrics.error(refusal[0])
+            return Response(phone.busy_twiml(), media_type=phone.TWIML_MEDIA_TYPE)
+        log.info("call %s: answering with a media stream at %s", call_sid, stream)
+        return Response(phone.connect_stream_twiml(stream), media_type=phone.TWIML_MEDIA_TYPE)
+
+    @app.websocket(phone.MEDIA_PATH)
+    async def twilio_media(websocket: WebSocket):
+        """A call's bidirectional Media Stream: the same conversation as /ws, over the phone."""
+        await websocket.accept()
+        if refusal := _refusal():
+            # Twilio has no message for it: the log says why, and the caller hears the call end.
+            log.warning("phone stream refused (%s): %s", *refusal)
+            state.metrics.error(refusal[0])
+            with contextlib.suppress(Exception):
+                await websocket.close(code=protocol.WS_CLOSE_TRY_AGAIN, reason=refusal[0])
+            return
+
+        def stream_error(exc: protocol.ProtocolError) -> None:
+            log.info("phone stream: %s: %s", exc.code, exc.message)
+            state.metrics.error(exc.code)
+
+        async with _place(websocket):
+            try:
+                start = await await_stream_start(websocket, stream_error)
+            except Exception:  # noqa: BLE001 - one call's failure must not reach the others
+                log.exception("phone stream failed before it started")
+                state.metrics.error("internal")
+                return
+            if start is not None:
+                await _converse(TwilioWire(websocket, start))
 
     # The browser client, last: the routes above take precedence over the static files.
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")

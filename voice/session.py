@@ -5,6 +5,9 @@ The pipeline, top to bottom (audio flows down, the agent's answer comes back out
     client audio → WebSocket input → Whisper STT → user turns (Silero VAD, end of turn)
       → turn watcher → knowledge (RAG) → LLM → LLM watcher → Piper TTS → spoken-text events
       → WebSocket output (real-time pacing) → playback watcher → assistant history
+
+The same conversation runs over `/ws` and over a phone call: the session's `Wire`
+(voice/transports/wire.py) holds what differs, the serializer and where the events go.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import logging
 import time
 import uuid
 
-from fastapi import WebSocket
 from pipecat.frames.frames import InterruptionWorkerFrame, LLMMessagesAppendFrame, LLMRunFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -23,7 +25,6 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.workers.runner import WorkerRunner
 from pydantic import BaseModel
-from starlette.websockets import WebSocketState
 
 from agents.context import (
     RESUME_PREFIX,
@@ -43,7 +44,8 @@ from voice.metrics import Metrics
 from voice.playback import PlaybackLedger
 from voice.stt import WHISPER_SAMPLE_RATE, WhisperSTTStage
 from voice.tracing import Moment, TurnTracer
-from voice.transports.websocket import ParleyWireSerializer, make_transport
+from voice.transports.websocket import make_transport
+from voice.transports.wire import Wire, WireHooks
 from voice.tts import PiperTTSStage
 from voice.turn_events import (
     HistoryWatcher,
@@ -64,34 +66,47 @@ INTERRUPT_SETTLE_TIMEOUT_S = 1.0
 # A cut-off answer can be resumed ("what were you saying?") for this many turns after it: enough
 # for a "hold on" and its reply, not so many that the old answer comes back out of the blue.
 RESUME_WINDOW_TURNS = 3
+# What a keypad press puts in the history as the user's turn: the LLM then knows, on later turns,
+# that the caller pressed a key and what the agent said to it.
+KEYPAD_TURN_TEXT = "(pressed {digit} on the keypad)"
+
+
+class EndReason:
+    """Why a session ended: in the log and in `parley_sessions_ended_total{reason}`."""
+
+    HUNG_UP = "hung_up"  # the phone caller hung up (Twilio's `stop`)
+    DISCONNECTED = "disconnected"  # the socket closed or dropped
+    CLIENT_ERROR = "client_error"  # a client mistake the session cannot go on after (a 1 MiB message)
+    STOPPED = "stopped"  # the server stopped the session (shutting down)
+    FAILED = "failed"  # a bug: the server log has the traceback
 
 
 class Session(TurnHooks):
-    """A conversation over one WebSocket."""
+    """A conversation over one wire: `/ws` or a phone call."""
 
     def __init__(
         self,
-        websocket: WebSocket,
+        wire: Wire,
         engines: Engines,
         settings: Settings,
-        input_sample_rate: int,
         metrics: Metrics | None = None,
     ):
         self.id = uuid.uuid4().hex[:12]
-        self._ws = websocket
+        self._wire = wire
         self._engines = engines
         self._settings = settings
-        self._input_rate = input_sample_rate
+        self.end_reason: str | None = None  # the first reason given wins
         self.tracer = TurnTracer(time.monotonic_ns)
         self.turn_id = 0
         self._agent_active = False  # an answer is being prepared or played
         self._typed_pending: str | None = None  # text of a typed turn on its way to the agent
         self._typed_tasks: set[asyncio.Task] = set()
+        self._scripted_replies: dict[str, str] = {}  # typed turn text → reply spoken without the LLM
+        self._stop_task: asyncio.Task | None = None
         self._response_started = False  # the LLM began answering the current turn
         self._output_muted = False  # between an interruption and the next turn: no agent audio goes out
         self._resuming = False  # the answer is being re-run after noise cut it off
         self._user_speaking = False  # between the VAD's speech start and stop
-        self._send_lock = asyncio.Lock()
         self._interrupt_seen = asyncio.Event()
         self._answer_audible = False  # the current answer's first audio has gone out
         self._continues: str | None = None  # text of a turn the user is still continuing
@@ -117,39 +132,37 @@ class Session(TurnHooks):
     # --- sending -------------------------------------------------------------------------------
 
     async def send(self, event: BaseModel) -> None:
-        """Send one JSON event now (ahead of queued audio)."""
+        """Deliver one protocol event now (ahead of queued audio), as the wire does it."""
         if isinstance(event, protocol.ErrorEvent) and self._metrics is not None:
             self._metrics.error(event.code)
-        if self._ws.client_state != WebSocketState.CONNECTED:
-            return
-        async with self._send_lock:
-            # A client that went away is handled by the transport's disconnect handler.
-            with contextlib.suppress(RuntimeError, OSError):
-                await self._ws.send_text(protocol.json_dumps(event.model_dump()))
+        await self._wire.send(event)
 
     async def _client_error(self, exc: protocol.ProtocolError) -> None:
         log.info("session %s: client error %s: %s", self.id, exc.code, exc.message)
         await self.send(protocol.ErrorEvent(code=exc.code, message=exc.message))
         if exc.fatal:
-            with contextlib.suppress(RuntimeError, OSError):
-                await self._ws.close(code=protocol.WS_CLOSE_TOO_BIG, reason=exc.code)
-            await self.stop()
+            await self._wire.close(protocol.WS_CLOSE_TOO_BIG, exc.code)
+            await self.stop(EndReason.CLIENT_ERROR)
 
     # --- pipeline ------------------------------------------------------------------------------
 
     def _build(self) -> PipelineWorker:
         s, e = self._settings, self._engines
-        serializer = ParleyWireSerializer(
-            self._input_rate,
-            on_error=self._client_error,
-            on_text=self._typed_text,
-            on_audio_sent=self._audio_sent,
-            wait_for_floor=self._floor_open.wait,
-            on_playback=self.playback.report,
-            output_sample_rate=self.output_sample_rate,
-            echo_guard=self._echo,
+        serializer = self._wire.serializer(
+            WireHooks(
+                on_error=self._client_error,
+                on_text=self._typed_text,
+                on_keypad=self._keypad,
+                on_hang_up=self._hang_up,
+                on_audio_sent=self._audio_sent,
+                wait_for_floor=self._floor_open.wait,
+                on_playback=self.playback.report,
+                playback_position=lambda: (self.playback.turn_id, self.playback.sent_ms),
+                output_sample_rate=self.output_sample_rate,
+                echo_guard=self._echo,
+            )
         )
-        transport = make_transport(self._ws, serializer, self.output_sample_rate)
+        transport = make_transport(self._wire.websocket, serializer, self.output_sample_rate)
         context = LLMContext()
         self._context = context
         user_turns, assistant_history = LLMContextAggregatorPair(
@@ -211,7 +224,7 @@ class Session(TurnHooks):
         @transport.event_handler("on_client_disconnected")
         async def _gone(_transport, _ws):
             log.info("session %s: client disconnected", self.id)
-            await self.stop()
+            await self.stop(EndReason.DISCONNECTED)
 
         return worker
 
@@ -231,12 +244,23 @@ class Session(TurnHooks):
         await runner.add_workers(self._worker)
         try:
             await runner.run()
+        except Exception:
+            self.end_reason = self.end_reason or EndReason.FAILED
+            raise
         finally:
             if self._prefill is not None:
                 await self._prefill.close()
-            log.info("session %s: ended after %d turns", self.id, self.turn_id)
+            self.end_reason = self.end_reason or EndReason.STOPPED
+            log.info(
+                "session %s (%s): ended after %d turns: %s",
+                self.id,
+                self._wire.kind,
+                self.turn_id,
+                self.end_reason,
+            )
 
-    async def stop(self) -> None:
+    async def stop(self, reason: str = EndReason.STOPPED) -> None:
+        self.end_reason = self.end_reason or reason
         self._floor_open.set()
         for task in list(self._typed_tasks):
             task.cancel()
@@ -250,6 +274,28 @@ class Session(TurnHooks):
         task = asyncio.create_task(self._typed_turn(text))
         self._typed_tasks.add(task)
         task.add_done_callback(self._typed_tasks.discard)
+
+    async def _keypad(self, digit: str) -> None:
+        """A key the caller pressed: its configured reply is spoken without the LLM, cutting the
+        agent off if it is talking. A key with no reply is only logged."""
+        reply = self._settings.dtmf_replies.get(digit)
+        if reply is None:
+            log.info(
+                "session %s: caller pressed %s; no reply is set for it (PARLEY_DTMF_REPLIES)", self.id, digit
+            )
+            return
+        log.info("session %s: caller pressed %s", self.id, digit)
+        text = KEYPAD_TURN_TEXT.format(digit=digit)
+        self._scripted_replies[text] = reply
+        await self._typed_text(text)
+
+    async def _hang_up(self, reason: str) -> None:
+        """The far end ended the call. Stopped from a task of its own: this is called from the
+        transport's receive loop, which stopping the session cancels."""
+        log.info("session %s: %s", self.id, reason)
+        self.end_reason = self.end_reason or EndReason.HUNG_UP  # now: the socket closes right after
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self.stop(EndReason.HUNG_UP))
 
     async def _typed_turn(self, text: str) -> None:
         """Interrupts the agent like speech would, then goes straight to the agent."""
@@ -357,6 +403,8 @@ class Session(TurnHooks):
             # this turn did, so cancel its answer now; the turn continues with what they say next.
             await self._worker.queue_frame(InterruptionWorkerFrame())
             return None
+        if typed and (reply := self._scripted_replies.pop(text, None)) is not None:
+            return reply  # a keypad press: the deployment's reply, as it is
         if self._unsaid and self.turn_id <= self._unsaid_until_turn and is_resume_request(text):
             # Said from what the agent had prepared: the small default LLM tends to repeat the
             # question back instead of continuing its own cut-off answer.

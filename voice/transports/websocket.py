@@ -8,6 +8,8 @@ raise: one bad message must not end the session.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,16 +24,16 @@ from pipecat.frames.frames import (
 )
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+from pydantic import BaseModel
+from starlette.websockets import WebSocketState
 
 from voice import protocol
 from voice.audio import StreamResampler
 from voice.echo import EchoGuard
 from voice.stt import WHISPER_SAMPLE_RATE
+from voice.transports.wire import ErrorSink, TextSink, Wire, WireHooks
 
 log = logging.getLogger(__name__)
-
-ErrorSink = Callable[[protocol.ProtocolError], Awaitable[None]]
-TextSink = Callable[[str], Awaitable[None]]
 
 
 class ParleyWireSerializer(FrameSerializer):
@@ -134,7 +136,38 @@ class ParleyWireSerializer(FrameSerializer):
         return None
 
 
-def make_transport(websocket: WebSocket, serializer: ParleyWireSerializer, output_rate: int):
+class ParleyWire(Wire):
+    """`/ws`: every protocol event goes to the client as a JSON text frame."""
+
+    kind = "ws"
+
+    def __init__(self, websocket: WebSocket, input_sample_rate: int):
+        super().__init__(websocket)
+        self._input_rate = input_sample_rate
+        self._send_lock = asyncio.Lock()
+
+    def serializer(self, hooks: WireHooks) -> ParleyWireSerializer:
+        return ParleyWireSerializer(
+            self._input_rate,
+            on_error=hooks.on_error,
+            on_text=hooks.on_text,
+            on_audio_sent=hooks.on_audio_sent,
+            wait_for_floor=hooks.wait_for_floor,
+            on_playback=hooks.on_playback,
+            output_sample_rate=hooks.output_sample_rate,
+            echo_guard=hooks.echo_guard,
+        )
+
+    async def send(self, event: BaseModel) -> None:
+        if self.websocket.client_state != WebSocketState.CONNECTED:
+            return
+        async with self._send_lock:
+            # A client that went away is handled by the transport's disconnect handler.
+            with contextlib.suppress(RuntimeError, OSError):
+                await self.websocket.send_text(protocol.json_dumps(event.model_dump()))
+
+
+def make_transport(websocket: WebSocket, serializer: FrameSerializer, output_rate: int):
     """pipecat's FastAPI WebSocket transport, set up for Parley: audio both ways, no trailing silence."""
     return FastAPIWebsocketTransport(
         websocket,

@@ -1,0 +1,63 @@
+"""The seam between a session and the network it talks over.
+
+A session runs the same pipeline whoever calls: a browser or `parley talk` on `/ws` (Parley's own
+protocol), or a phone call through Twilio Media Streams on `/twilio/media`. What differs is the
+*wire*: the serializer that turns client messages into pipeline frames and the agent's audio into
+messages, and what becomes of the session's protocol events (sent as JSON on `/ws`; on a phone
+call, mapped to what Twilio understands, `clear` and `mark`, and otherwise only logged).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi import WebSocket
+from pipecat.serializers.base_serializer import FrameSerializer
+from pydantic import BaseModel
+
+from voice.echo import EchoGuard
+from voice.protocol import ProtocolError
+
+ErrorSink = Callable[[ProtocolError], Awaitable[None]]
+TextSink = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class WireHooks:
+    """What a wire's serializer tells the session, and what it asks of it."""
+
+    on_error: ErrorSink  # a client mistake: logged, counted, and sent back where the wire can
+    on_text: TextSink  # a typed user turn (/ws)
+    on_keypad: TextSink  # a DTMF digit the caller pressed (phone)
+    on_hang_up: Callable[[str], Awaitable[None]]  # the far end ended the call, with why (phone)
+    on_audio_sent: Callable[[int], bool]  # asked before each agent audio chunk goes out; False drops it
+    wait_for_floor: Callable[[], Awaitable[object]]  # returns once the agent may be heard (not held)
+    on_playback: Callable[[int, float], None]  # (turn id, ms of its audio the client has played)
+    playback_position: Callable[[], tuple[int, float]]  # (turn id, ms of its audio sent so far)
+    output_sample_rate: int  # the agent's audio as the pipeline makes it (the TTS voice's rate)
+    echo_guard: EchoGuard | None = None
+
+
+class Wire(ABC):
+    """How one session meets its client: the serializer for pipecat's WebSocket transport, and
+    the delivery of the session's protocol events."""
+
+    kind: str  # for logs and metrics: "ws" or "phone"
+
+    def __init__(self, websocket: WebSocket):
+        self.websocket = websocket
+
+    @abstractmethod
+    def serializer(self, hooks: WireHooks) -> FrameSerializer:
+        """The serializer the session's transport uses, calling back into the session through `hooks`."""
+
+    @abstractmethod
+    async def send(self, event: BaseModel) -> None:
+        """Deliver one protocol event (voice/protocol.py) now, ahead of queued audio."""
+
+    async def close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(RuntimeError, OSError):
+            await self.websocket.close(code=code, reason=reason)
