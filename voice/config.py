@@ -6,13 +6,23 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from voice.models import default_home
 
 KNOWLEDGE_DEFAULT = Path(__file__).resolve().parent.parent / "agents" / "knowledge"
+# The keys of a telephone keypad, as Twilio names them in its `dtmf` messages.
+DTMF_KEYS = "0123456789*#"
+# What the demo agent says when a caller presses a key. Generic enough for any knowledge base:
+# '*' is the usual "repeat the menu" key, '0' the usual "talk to a person" key.
+DEFAULT_DTMF_REPLIES = {
+    "*": "Here is the menu. You can ask me about our opening hours, our prices, or anything else about "
+    "the shop, and I will answer straight away. Press 0 at any time to speak to a member of staff.",
+    "0": "Of course. I am transferring you to a member of staff now. Please hold.",
+}
 
 
 class Settings(BaseSettings):
@@ -177,6 +187,53 @@ class Settings(BaseSettings):
         description="Words that, said alone (up to 4) while the agent talks, acknowledge it rather than "
         "interrupt it. Comma-separated.",
     )
+
+    # --- phone calls (Twilio Media Streams)
+    public_url: str = Field(
+        "",
+        description="The address Twilio reaches this server at, e.g. https://parley.example.com (with a path "
+        "prefix if a proxy adds one). /twilio/voice checks signatures against it and builds the media "
+        "stream's URL from it (https gives wss). Empty: the request's own URL and Host header, with wss, "
+        "which is right only when nothing between Twilio and Parley rewrites the request.",
+    )
+    twilio_auth_token: SecretStr = Field(
+        SecretStr(""),
+        description="Your Twilio account's auth token. Set, /twilio/voice refuses requests without a valid "
+        "X-Twilio-Signature; empty, anyone who finds the URL can start a call (logged at start-up).",
+    )
+    dtmf_replies: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_DTMF_REPLIES),
+        description="What the agent says when a phone caller presses a key, as JSON {key: reply}; keys are "
+        "0-9, * and #. Said as written, without the LLM (a keypad menu must say the same thing every "
+        "time), cutting the agent off if it is talking. The default reads a menu on * and says it is "
+        "transferring the caller on 0.",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return ""
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(
+                f"PARLEY_PUBLIC_URL={value!r} must be the address Twilio reaches this server at, "
+                "like https://parley.example.com (http or https, a host, no query)"
+            )
+        return value.rstrip("/")
+
+    @field_validator("dtmf_replies")
+    @classmethod
+    def _check_dtmf_replies(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, reply in value.items():
+            if len(key) != 1 or key not in DTMF_KEYS:
+                raise ValueError(
+                    f"PARLEY_DTMF_REPLIES: {key!r} is not a keypad key; use one of {', '.join(DTMF_KEYS)}"
+                )
+            if not reply.strip():
+                raise ValueError(f"PARLEY_DTMF_REPLIES: the reply to {key!r} is empty; write what to say")
+        return {key: reply.strip() for key, reply in value.items()}
 
     def knowledge_db(self) -> Path:
         """One index per knowledge folder, so serving another folder never rewrites this one's."""

@@ -82,7 +82,17 @@ class Metrics:
             registry=self.registry,
         )
         self.errors = Counter(
-            "parley_errors_total", "Error events sent to clients, by code.", ["code"], registry=self.registry
+            "parley_errors_total",
+            "Client mistakes and failures, by code: error events sent on /ws; on a phone call, where Twilio "
+            "can't be told, the ones logged.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.sessions_ended = Counter(
+            "parley_sessions_ended_total",
+            "Conversations ended, by why (voice/session.py EndReason: hung_up, disconnected, ...).",
+            ["reason"],
+            registry=self.registry,
         )
         self._trace_log = trace_log
         self._log_lock = threading.Lock()
@@ -92,8 +102,9 @@ class Metrics:
         if self.spans is not None:
             self.spans.conversation_started(session_id)
 
-    def session_ended(self, session_id: str) -> None:
+    def session_ended(self, session_id: str, reason: str = "disconnected") -> None:
         self.active_sessions.dec()
+        self.sessions_ended.labels(reason=reason).inc()
         if self.spans is not None:
             self.spans.conversation_ended(session_id)
 

@@ -1,0 +1,408 @@
+"""Phone calls: Twilio's bidirectional Media Streams protocol on `/twilio/media`.
+
+Twilio opens the socket and sends `connected`, then `start` (the stream's and the call's ids, and
+any custom parameters), then the caller's audio as `media` messages (base64 μ-law at 8 kHz, 20 ms
+each), `dtmf` for each key pressed, `mark` when audio Parley sent before a mark of its own has been
+played, and `stop` when the call ends. Parley sends `media` (the agent's voice), `mark` before each
+sentence and after each answer, and `clear` when the caller starts talking over the agent, so the
+caller stops hearing it at once.
+
+pipecat's `TwilioFrameSerializer` does the audio: μ-law to PCM and back, resampled between 8 kHz
+and the pipeline's rates (16 kHz in, for the VAD and Whisper; the voice's rate out), here with
+Parley's low-delay resampler (voice/narrowband.py: pipecat's own holds back up to 200 ms). This
+module adds what a conversation needs around it: every message checked (a bad one is logged and
+counted, and the call goes on), keys and marks handed to the session, and Twilio's REST API never
+called (pipecat would hang the call up through it, which needs account credentials).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Annotated, Literal
+
+from fastapi import WebSocket
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    OutputAudioRawFrame,
+    OutputTransportMessageFrame,
+    OutputTransportMessageUrgentFrame,
+)
+from pipecat.serializers.twilio import TwilioFrameSerializer
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from voice import protocol
+from voice.audio import StreamResampler
+from voice.config import DTMF_KEYS
+from voice.narrowband import LowDelayResampler
+from voice.protocol import ProtocolError
+from voice.stt import WHISPER_SAMPLE_RATE
+from voice.transports.wire import Wire, WireHooks
+
+log = logging.getLogger(__name__)
+
+TWILIO_SAMPLE_RATE = 8000  # μ-law at 8 kHz, mono: the only format Media Streams carries
+TWILIO_ENCODING = "audio/x-mulaw"
+# Twilio sends `start` right after `connected`; a socket that sends neither is not a call.
+STREAM_START_TIMEOUT_S = 10.0
+# Twilio's media messages hold 20 ms (160 bytes); 8 s of μ-law in one would only add latency.
+MAX_MEDIA_PAYLOAD_BYTES = 64 * 1024
+EVENTS = ("connected", "start", "media", "dtmf", "mark", "stop")
+
+
+# --- Twilio → Parley
+
+
+class _TwilioModel(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+
+class MediaFormat(_TwilioModel):
+    encoding: str = TWILIO_ENCODING
+    sample_rate: int = Field(TWILIO_SAMPLE_RATE, alias="sampleRate")
+    channels: int = 1
+
+
+class StreamStart(_TwilioModel):
+    """What `start` says about the stream and the call."""
+
+    stream_sid: str = Field(alias="streamSid", min_length=1, max_length=64)
+    account_sid: str = Field("", alias="accountSid")
+    call_sid: str = Field("", alias="callSid")
+    tracks: list[str] = Field(default_factory=lambda: ["inbound"])
+    custom_parameters: dict[str, str] = Field(default_factory=dict, alias="customParameters")
+    media_format: MediaFormat = Field(default_factory=MediaFormat, alias="mediaFormat")
+
+
+class Connected(_TwilioModel):
+    event: Literal["connected"]
+    protocol: str = ""
+    version: str = ""
+
+
+class Start(_TwilioModel):
+    event: Literal["start"]
+    start: StreamStart
+
+
+class MediaChunk(_TwilioModel):
+    track: str = "inbound"
+    payload: str
+
+
+class Media(_TwilioModel):
+    event: Literal["media"]
+    media: MediaChunk
+
+
+class Digit(_TwilioModel):
+    digit: str
+
+
+class Dtmf(_TwilioModel):
+    event: Literal["dtmf"]
+    dtmf: Digit
+
+
+class MarkName(_TwilioModel):
+    name: str = Field(min_length=1)
+
+
+class Mark(_TwilioModel):
+    event: Literal["mark"]
+    mark: MarkName
+
+
+class Stop(_TwilioModel):
+    event: Literal["stop"]
+
+
+StreamMessage = Annotated[Connected | Start | Media | Dtmf | Mark | Stop, Field(discriminator="event")]
+_adapter: TypeAdapter[StreamMessage] = TypeAdapter(StreamMessage)
+
+
+def parse_stream_message(raw: str | bytes) -> Connected | Start | Media | Dtmf | Mark | Stop:
+    """One message from Twilio, checked; a mistake raises ProtocolError with a code and what to do."""
+    if isinstance(raw, bytes):
+        raise ProtocolError(
+            "invalid_message", "Media Streams messages are JSON text; a binary frame was dropped."
+        )
+    if len(raw.encode("utf-8", errors="replace")) > protocol.MAX_MESSAGE_BYTES:
+        raise ProtocolError(
+            "message_too_big", f"Messages are limited to {protocol.MAX_MESSAGE_BYTES} bytes.", fatal=True
+        )
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ProtocolError("invalid_json", f"Not a JSON message, dropped: {raw[:80]!r}.") from None
+    if not isinstance(data, dict) or "event" not in data:
+        raise ProtocolError("invalid_message", 'Each message must be a JSON object with an "event".')
+    if data["event"] not in EVENTS:
+        raise ProtocolError(
+            "unknown_event", f"Unknown event {data['event']!r}, dropped: expected one of {', '.join(EVENTS)}."
+        )
+    try:
+        return _adapter.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:]) or data["event"]
+        raise ProtocolError(
+            "invalid_message", f"{data['event']}: {where}: {first['msg']}; dropped."
+        ) from None
+
+
+def decode_payload(payload: str) -> bytes:
+    """The μ-law bytes of a media payload (strict base64)."""
+    try:
+        audio = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(
+            "invalid_base64", "media.payload is not base64: that frame was dropped."
+        ) from None
+    if len(audio) > MAX_MEDIA_PAYLOAD_BYTES:
+        raise ProtocolError(
+            "audio_frame_too_big",
+            f"media.payload is over {MAX_MEDIA_PAYLOAD_BYTES} bytes; send 20 ms frames. Dropped.",
+        )
+    return audio
+
+
+def check_media_format(start: StreamStart) -> None:
+    fmt = start.media_format
+    if (fmt.encoding, fmt.sample_rate, fmt.channels) != (TWILIO_ENCODING, TWILIO_SAMPLE_RATE, 1):
+        raise ProtocolError(
+            "unsupported_media_format",
+            f"The stream's audio is {fmt.encoding} at {fmt.sample_rate} Hz, {fmt.channels} channel(s); "
+            f"Parley takes {TWILIO_ENCODING} at {TWILIO_SAMPLE_RATE} Hz, mono (what Twilio sends).",
+            fatal=True,
+        )
+
+
+# --- Parley → Twilio
+
+
+def mark_message(stream_sid: str, name: str) -> str:
+    return protocol.json_dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
+
+
+def clear_message(stream_sid: str) -> str:
+    return protocol.json_dumps({"event": "clear", "streamSid": stream_sid})
+
+
+class MarkBook:
+    """The marks sent on one stream, each with where it stands in the agent's audio.
+
+    Twilio sends a mark back once the audio before it has been played, so an echoed mark says how
+    much of that turn's answer the caller has heard. A `clear` makes Twilio send back every mark
+    still pending although their audio was dropped: those say nothing and are forgotten.
+    """
+
+    def __init__(self):
+        self._pending: dict[str, tuple[int, float]] = {}  # name → (turn id, ms of its audio before it)
+        self._cleared: set[str] = set()
+        self._count = 0
+
+    def add(self, turn_id: int, sent_ms: float) -> str:
+        self._count += 1
+        name = f"t{turn_id}-m{self._count}"
+        self._pending[name] = (turn_id, sent_ms)
+        return name
+
+    def echoed(self, name: str) -> tuple[int, float] | None:
+        """(turn id, ms played) for a mark Twilio sent back; None for one sent back by a clear."""
+        if name in self._pending:
+            return self._pending.pop(name)
+        if name in self._cleared:
+            self._cleared.discard(name)
+            return None
+        raise ProtocolError("unknown_mark", f"Mark {name!r} was never sent on this stream; ignored.")
+
+    def clear(self) -> None:
+        self._cleared.update(self._pending)
+        self._pending.clear()
+
+
+class TwilioWireSerializer(TwilioFrameSerializer):
+    """pipecat's Twilio serializer for the audio, with each message checked and the session told
+    of keys, marks and the end of the call. Never raises: a bad message must not end the call."""
+
+    def __init__(self, start: StreamStart, hooks: WireHooks, marks: MarkBook):
+        super().__init__(
+            start.stream_sid,
+            call_sid=start.call_sid or None,
+            # No hang-up through Twilio's REST API: the call ends when the stream does (Twilio's
+            # `stop`, or the socket closing), and Parley holds no account credentials.
+            params=TwilioFrameSerializer.InputParams(
+                twilio_sample_rate=TWILIO_SAMPLE_RATE, sample_rate=WHISPER_SAMPLE_RATE, auto_hang_up=False
+            ),
+        )
+        # Both directions resampled with 3 ms of delay instead of pipecat's block-wise soxr stream,
+        # which holds back 60 ms of the caller and up to 200 ms of the agent (voice/narrowband.py).
+        self._input_resampler = LowDelayResampler()
+        self._output_resampler = LowDelayResampler()
+        self._stream_sid = start.stream_sid
+        self._hooks = hooks
+        self._marks = marks
+        self._stopped = False
+        # The echo guard hears both directions at 16 kHz: the caller's audio, and the agent's as sent.
+        self._echo = hooks.echo_guard
+        self._echo_resampler = StreamResampler(hooks.output_sample_rate, WHISPER_SAMPLE_RATE)
+
+    async def serialize(self, frame: Frame) -> str | bytes | None:
+        if isinstance(frame, OutputAudioRawFrame):
+            # Paced in real time by the output transport: waiting here holds the agent's voice
+            # (while a caller's sound is judged) without losing its place.
+            await self._hooks.wait_for_floor()
+            if not self._hooks.on_audio_sent(len(frame.audio)):
+                return None
+            if self._echo is not None:
+                self._echo.played(self._echo_resampler.process(frame.audio), time.monotonic_ns())
+            return await super().serialize(frame)  # μ-law at 8 kHz in a `media` message
+        if isinstance(frame, OutputTransportMessageFrame | OutputTransportMessageUrgentFrame):
+            if frame.message.get("type") == "agent.text":
+                # A sentence's audio comes next: a mark here comes back once the caller has heard
+                # everything before it.
+                turn_id, sent_ms = self._hooks.playback_position()
+                return mark_message(self._stream_sid, self._marks.add(turn_id, sent_ms))
+            return None  # Parley's other events mean nothing to Twilio (the wire logs them)
+        # Interruptions: the session sends `clear` when the agent is really cut off (pipecat's
+        # serializer would send one at every turn). Ends: no REST hang-up (see __init__).
+        return None
+
+    async def deserialize(self, data: str | bytes) -> Frame | None:
+        try:
+            message = parse_stream_message(data)
+            if self._stopped:
+                return None  # the call is over; Twilio closes the socket next
+            if isinstance(message, Media):
+                return await self._media(message, data)
+            if isinstance(message, Dtmf):
+                if len(message.dtmf.digit) != 1 or message.dtmf.digit not in DTMF_KEYS:
+                    raise ProtocolError(
+                        "invalid_message", f"dtmf: {message.dtmf.digit!r} is not a keypad key."
+                    )
+                await self._hooks.on_keypad(message.dtmf.digit)
+            elif isinstance(message, Mark):
+                if (heard := self._marks.echoed(message.mark.name)) is not None:
+                    self._hooks.on_playback(*heard)
+            elif isinstance(message, Stop):
+                self._stopped = True
+                await self._hooks.on_hang_up("the caller hung up (Twilio sent stop)")
+            elif isinstance(message, Start):
+                raise ProtocolError("already_started", "A second start on one stream was ignored.")
+            return None  # `connected` again says nothing new
+        except ProtocolError as exc:
+            await self._hooks.on_error(exc)
+            return None
+        except Exception:  # noqa: BLE001 - a bug here must not end the call: report and read on
+            log.exception("could not handle a message from Twilio")
+            await self._hooks.on_error(
+                ProtocolError("internal", "That message could not be handled (server bug, logged).")
+            )
+            return None
+
+    async def _media(self, message: Media, raw: str | bytes) -> InputAudioRawFrame | None:
+        if message.media.track != "inbound":
+            return None  # only the caller's side is heard
+        if not decode_payload(message.media.payload):
+            return None
+        frame = await super().deserialize(raw)  # μ-law at 8 kHz → PCM at 16 kHz
+        if not isinstance(frame, InputAudioRawFrame):
+            return None
+        if self._echo is not None:
+            frame.audio = self._echo.filter(frame.audio, time.monotonic_ns())
+        return frame
+
+
+class TwilioWire(Wire):
+    """A phone call: the agent's audio and marks go to Twilio; of the session's events, an agent
+    held or cut off becomes `clear` and an answer's end a `mark`; the rest are only logged."""
+
+    kind = "phone"
+
+    def __init__(self, websocket: WebSocket, start: StreamStart):
+        super().__init__(websocket)
+        self.start = start
+        self._marks = MarkBook()
+        self._hooks: WireHooks | None = None
+        self._send_lock = asyncio.Lock()
+
+    def serializer(self, hooks: WireHooks) -> TwilioWireSerializer:
+        self._hooks = hooks
+        return TwilioWireSerializer(self.start, hooks, self._marks)
+
+    async def send(self, event: BaseModel) -> None:
+        sid = self.start.stream_sid
+        if isinstance(event, protocol.AgentPaused | protocol.AgentInterrupted):
+            # The caller talks over the agent: Twilio drops what it still holds of the answer.
+            self._marks.clear()
+            await self._send(clear_message(sid))
+        elif isinstance(event, protocol.AgentAudioDone) and self._hooks is not None:
+            turn_id, sent_ms = self._hooks.playback_position()
+            await self._send(mark_message(sid, self._marks.add(turn_id, sent_ms)))
+        elif isinstance(event, protocol.SessionReady):
+            log.info(
+                "call %s (stream %s) answered by session %s; custom parameters: %s",
+                self.start.call_sid or "?",
+                sid,
+                event.session_id,
+                sorted(self.start.custom_parameters) or "none",
+            )
+        if not isinstance(event, protocol.SessionReady):
+            # Twilio has no message for the rest: the log keeps them (errors are logged by the session).
+            log.debug("stream %s: %s", sid, event.model_dump_json())
+
+    async def _send(self, text: str) -> None:
+        if self.websocket.client_state != WebSocketState.CONNECTED:
+            return
+        async with self._send_lock:
+            with contextlib.suppress(RuntimeError, OSError):
+                await self.websocket.send_text(text)
+
+
+async def await_stream_start(
+    websocket: WebSocket, on_error: Callable[[ProtocolError], None]
+) -> StreamStart | None:
+    """Read Twilio's opening messages up to `start`. Mistakes go to `on_error` and are dropped;
+    None: the call ended (or never began) before its stream started."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STREAM_START_TIMEOUT_S
+    while True:
+        try:
+            raw = await asyncio.wait_for(websocket.receive(), timeout=max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            on_error(
+                ProtocolError("start_timeout", f"No start within {STREAM_START_TIMEOUT_S:.0f} s; hanging up.")
+            )
+            return None
+        except WebSocketDisconnect:
+            return None
+        if raw["type"] == "websocket.disconnect":
+            return None
+        data = raw.get("text") if raw.get("text") is not None else raw.get("bytes")
+        if data is None:
+            continue
+        try:
+            message = parse_stream_message(data)
+            if isinstance(message, Start):
+                check_media_format(message.start)
+                return message.start
+            if isinstance(message, Stop):
+                log.info("a phone stream stopped before it started")
+                return None
+            if not isinstance(message, Connected):
+                raise ProtocolError(
+                    "not_started", f"{message.event} before start: dropped (Twilio sends start first)."
+                )
+        except ProtocolError as exc:
+            on_error(exc)
+            if exc.fatal:
+                return None
