@@ -248,7 +248,7 @@ class TwilioWireSerializer(TwilioFrameSerializer):
         # which holds back 60 ms of the caller and up to 200 ms of the agent (voice/narrowband.py).
         self._input_resampler = LowDelayResampler()
         self._output_resampler = LowDelayResampler()
-        self._stream_sid = start.stream_sid
+        self.stream_sid = start.stream_sid
         self._hooks = hooks
         self._marks = marks
         self._stopped = False
@@ -271,7 +271,7 @@ class TwilioWireSerializer(TwilioFrameSerializer):
                 # A sentence's audio comes next: a mark here comes back once the caller has heard
                 # everything before it.
                 turn_id, sent_ms = self._hooks.playback_position()
-                return mark_message(self._stream_sid, self._marks.add(turn_id, sent_ms))
+                return mark_message(self.stream_sid, self._marks.add(turn_id, sent_ms))
             return None  # Parley's other events mean nothing to Twilio (the wire logs them)
         # Interruptions: the session sends `clear` when the agent is really cut off (pipecat's
         # serializer would send one at every turn). Ends: no REST hang-up (see __init__).
@@ -345,6 +345,10 @@ class TwilioWire(Wire):
             # The caller talks over the agent: Twilio drops what it still holds of the answer.
             self._marks.clear()
             await self._send(clear_message(sid))
+            if isinstance(event, protocol.AgentInterrupted):
+                log.info(
+                    "stream %s turn %d: cut off; the caller heard %r", sid, event.turn_id, event.heard_text
+                )
         elif isinstance(event, protocol.AgentAudioDone) and self._hooks is not None:
             turn_id, sent_ms = self._hooks.playback_position()
             await self._send(mark_message(sid, self._marks.add(turn_id, sent_ms)))
