@@ -161,7 +161,10 @@ async def run(url: str, repeats: int, scenarios: tuple[str, ...] = SCENARIOS) ->
     print(line("end of turn, server `endpoint`", [r["server_ms"] for r in eot if r["server_ms"] is not None]))
     fragments = sum(r["turns"] > 1 for r in eot)
     print(f"{'fragment answers (a question split in turns)':<48} {fragments}/{len(eot)}")
-    print("speculative STT/LLM: not built yet (nothing to compare)")
+    print(
+        "speculative prefill: compare `benchmarks/turn_latency.py` with PARLEY_SPECULATIVE_PREFILL=true "
+        "and false (it only acts while an end-of-turn pause is still running)"
+    )
 
 
 def main() -> int:
