@@ -62,6 +62,9 @@ SILENCE_AFTER_S = (
 )
 # A turn that has not finished in this long has failed (4 callers on 2 cores: answers take ~15 s).
 TURN_TIMEOUT_S = 120.0
+# A conversation that just ended frees its place within a second; past these the server is full.
+BUSY_RETRIES = 10
+BUSY_RETRY_S = 0.3
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 README_START = "<!-- bench:start -->"
@@ -119,13 +122,7 @@ class Bench:
             "stages_ms": {},
         }
         try:
-            result = await talk(
-                self.urls[system],
-                self.audio[question["question"]],
-                16000,
-                silence_s=SILENCE_AFTER_S,
-                timeout_s=TURN_TIMEOUT_S,
-            )
+            result = await self.talk(system, question)
             traces = result.of("turn.trace")
             row.update(
                 client_v2v_ms=result.client_voice_to_voice_ms,
@@ -140,6 +137,24 @@ class Bench:
         self.progress.update(1)
         v2v = row["client_v2v_ms"]
         self.progress.set_postfix_str(f"{system} ×{concurrency} {v2v or 0:.0f} ms", refresh=False)
+
+    async def talk(self, system: str, question: dict):
+        """One conversation. A server at its session limit says "busy" while a caller's previous
+        conversation is still closing: wait a moment and call again, as a client app would."""
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                return await talk(
+                    self.urls[system],
+                    self.audio[question["question"]],
+                    16000,
+                    silence_s=SILENCE_AFTER_S,
+                    timeout_s=TURN_TIMEOUT_S,
+                )
+            except RuntimeError as exc:
+                if "busy" not in str(exc) or attempt == BUSY_RETRIES:
+                    raise
+                await asyncio.sleep(BUSY_RETRY_S)
+        raise AssertionError("unreachable")
 
     async def caller(self, system: str, questions: list[dict], concurrency: int, caller: int) -> None:
         for q in questions:
