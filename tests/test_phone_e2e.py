@@ -1,0 +1,197 @@
+"""End to end over the phone path, with the real default models: the simulator (clients/phone.py)
+calls the server as Twilio would, and what the caller hears is transcribed back.
+
+One server for the module, with a Twilio auth token set, so the webhook's signature check is the
+real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import time
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from clients.phone import RATE, PhoneCall
+from tests.conftest import speak, start_server, stop_server
+from voice import models
+from voice.audio import resample_pcm16
+from voice.phone import twilio_signature
+from voice.stt import WHISPER_SAMPLE_RATE, WhisperEngine
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "e2e-test-auth-token"
+ANSWER_TIMEOUT_S = 90  # model turns on a shared 2-core machine
+QUESTIONS = {
+    q["id"]: q
+    for q in json.loads((models.Path(__file__).parent.parent / "benchmarks" / "questions.json").read_text())
+}
+LONG_QUESTION = "What are your opening hours during the week?"  # about 20 s of answer: room to cut in
+CUT_IN_AFTER_S = 2.5  # into the agent's answer: past its first words, well before its end
+
+
+@pytest.fixture(scope="module")
+def phone_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("phone")
+    running = start_server(folder, {"PARLEY_TWILIO_AUTH_TOKEN": TOKEN})
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def media_url(phone_server) -> str:
+    return phone_server.url.replace("http://", "ws://") + "/twilio/media"
+
+
+@pytest.fixture(scope="module")
+def whisper() -> WhisperEngine:
+    """A second Whisper in the test process, to hear what the caller heard."""
+    return WhisperEngine.load(models.ensure("whisper-base"))
+
+
+def heard(whisper: WhisperEngine, pcm8k: bytes) -> str:
+    return whisper.transcribe_pcm16(resample_pcm16(pcm8k, RATE, WHISPER_SAMPLE_RATE)).text
+
+
+def states_fact(text: str, question: dict) -> bool:
+    return any(expected in text.lower() for expected in question["expect_any"])
+
+
+async def sessions(server) -> int:
+    async with httpx.AsyncClient() as client:
+        return (await client.get(f"{server.url}/health", timeout=5)).json()["sessions"]
+
+
+async def wait_for_no_sessions(server, within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
+    while await sessions(server) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert await sessions(server) == 0, "the call's session is still open"
+
+
+async def test_a_caller_asks_by_phone_and_hears_the_right_fact(phone_server, media_url, whisper):
+    question = QUESTIONS["saturday-open"]
+    async with PhoneCall(media_url) as phone:
+        await phone.say(speak(question["question"], RATE))
+        await phone.wait_until_quiet(phone.log.speech_ends[-1], timeout_s=ANSWER_TIMEOUT_S)
+    said = heard(whisper, bytes(phone.heard))
+    assert states_fact(said, question), f"the caller heard {said!r}"
+    assert not phone.log.events("clear"), "nobody talked over the agent"
+    print(f"\nphone voice-to-voice (client): {phone.client_voice_to_voice_ms():.0f} ms")
+
+
+async def test_talking_over_the_agent_makes_twilio_drop_its_audio(phone_server, media_url):
+    async with PhoneCall(media_url) as phone:
+        await phone.say(speak(LONG_QUESTION, RATE))
+        first = await phone.wait_for("media", phone.log.speech_ends[-1], ANSWER_TIMEOUT_S)
+        await phone.pause(CUT_IN_AFTER_S - (time.monotonic() - first.at))
+        cut_in = time.monotonic()
+        await phone.say(speak("Wait, stop please.", RATE))
+        clear = await phone.wait_for("clear", since=cut_in, timeout_s=30)
+        await phone.pause(1.0)
+        after = [h for h in phone.log.events("media", clear.at) if h.at < clear.at + 1.0]
+        audio_after_ms = sum(len(base64.b64decode(h.message["media"]["payload"])) for h in after) / 8
+
+    assert clear.at - cut_in < 1.5, f"the clear came {clear.at - cut_in:.1f} s after the caller began"
+    assert clear.message["streamSid"] == phone.stream_sid
+    # At most the one 40 ms piece that was on its way as the clear went out.
+    assert audio_after_ms <= 40, f"{audio_after_ms:.0f} ms of the agent after the clear"
+    cut = re.search(r"cut off; the caller heard '([^']*)'", phone_server.log())
+    assert cut, "the server knows the agent was cut off"
+    # The caller heard ~2.5 s of the answer: a few words, not the whole week's hours.
+    assert 1 <= len(cut[1].split()) <= 15, f"heard_text {cut[1]!r}"
+
+
+async def test_star_reads_the_menu_and_zero_says_it_is_transferring(phone_server, media_url, whisper):
+    async with PhoneCall(media_url) as phone:
+        await phone.pause(0.5)
+        pressed = time.monotonic()
+        await phone.press("*")
+        await phone.wait_until_quiet(pressed, timeout_s=ANSWER_TIMEOUT_S)
+        menu = bytes(phone.heard)
+        pressed = time.monotonic()
+        await phone.press("0")
+        await phone.wait_until_quiet(pressed, timeout_s=ANSWER_TIMEOUT_S)
+        transfer = bytes(phone.heard[len(menu) :])
+    assert "menu" in heard(whisper, menu).lower()
+    assert "transferring" in heard(whisper, transfer).lower()
+
+
+async def test_hanging_up_ends_the_session_cleanly(phone_server, media_url):
+    await wait_for_no_sessions(phone_server)
+    async with PhoneCall(media_url, custom_parameters={"test": "hang-up"}) as phone:
+        await phone.pause(1.0)
+        assert await sessions(phone_server) == 1
+        await phone.hang_up()
+    await wait_for_no_sessions(phone_server)
+    log = phone_server.log()
+    assert re.search(r"session \w+ \(phone\): ended after 0 turns: hung_up", log), log[-2000:]
+    assert "Traceback" not in log and " ERROR " not in log
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"{phone_server.url}/metrics", timeout=5)).text
+    assert 'parley_sessions_ended_total{reason="hung_up"}' in metrics
+
+
+async def test_a_dropped_line_ends_the_session_too(phone_server, media_url):
+    await wait_for_no_sessions(phone_server)
+    async with PhoneCall(media_url) as phone:
+        await phone.pause(0.5)
+        await phone.drop()  # no stop: the connection just goes
+    await wait_for_no_sessions(phone_server)
+    assert re.search(r"session \w+ \(phone\): ended after 0 turns: disconnected", phone_server.log())
+
+
+def signed_post(server, params: list[tuple[str, str]], signature: str) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/twilio/voice",
+        content=urlencode(params),
+        headers={"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature},
+        timeout=5,
+    )
+
+
+def test_the_webhook_answers_a_signed_call_and_refuses_a_tampered_one(phone_server):
+    params = [
+        ("AccountSid", "AC" + "1" * 32),
+        ("CallSid", "CA" + "2" * 32),
+        ("From", "+15550100"),
+        ("To", "+15550199"),
+    ]
+    signature = twilio_signature(TOKEN, f"{phone_server.url}/twilio/voice", params)
+
+    answered = signed_post(phone_server, params, signature)
+    tampered = signed_post(phone_server, [*params[:-1], ("To", "+15550666")], signature)
+
+    host = phone_server.url.removeprefix("http://")
+    assert answered.status_code == 200
+    assert f'<Connect><Stream url="wss://{host}/twilio/media"/></Connect>' in answered.text
+    assert tampered.status_code == 403 and "X-Twilio-Signature" in tampered.text
+
+
+async def test_bad_messages_are_logged_and_the_call_goes_on(phone_server, media_url, whisper):
+    before_start = (json.dumps({"event": "media", "media": {"payload": "/w=="}}), "{not json")
+    async with PhoneCall(media_url, preamble=before_start) as phone:
+        for raw in (
+            json.dumps(
+                {"event": "media", "streamSid": phone.stream_sid, "media": {"payload": "%%% not base64"}}
+            ),
+            json.dumps({"event": "dance", "streamSid": phone.stream_sid}),
+            "still not json",
+        ):
+            await phone.send_raw(raw)
+        pressed = time.monotonic()
+        await phone.press("0")
+        await phone.wait_until_quiet(pressed, timeout_s=ANSWER_TIMEOUT_S)
+    assert "transferring" in heard(whisper, bytes(phone.heard)).lower(), "the call went on"
+    log = phone_server.log()
+    for code in ("not_started", "invalid_json", "invalid_base64", "unknown_event"):
+        assert re.search(rf"\b{code}\b", log), f"{code} not logged"
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"{phone_server.url}/metrics", timeout=5)).text
+    assert 'parley_errors_total{code="invalid_base64"} 1.0' in metrics
