@@ -150,7 +150,7 @@ class Bench:
                     silence_s=SILENCE_AFTER_S,
                     timeout_s=TURN_TIMEOUT_S,
                 )
-            except RuntimeError as exc:
+            except Exception as exc:  # the refusal comes as an error event or as the close (1013, busy)
                 if "busy" not in str(exc) or attempt == BUSY_RETRIES:
                     raise
                 await asyncio.sleep(BUSY_RETRY_S)
