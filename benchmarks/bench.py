@@ -231,6 +231,24 @@ def health_of(ws_url: str) -> dict:
         return {}
 
 
+def readme_block(summary: dict) -> str:
+    """The headline table, how much sooner Parley answers than the baseline, and its biggest stage."""
+    speedups = ", ".join(
+        f"{r['concurrency']} caller{'s' if r['concurrency'] > 1 else ''}: {r['p50']:.2f}× at p50, {r['p95']:.2f}× at p95"
+        for r in summary["ratios"]
+        if r["p50"] is not None and r["p95"] is not None
+    )
+    lines = [headline_table(summary).rstrip()]
+    if speedups:
+        lines.append(
+            f"Baseline ÷ Parley, client voice-to-voice (above 1× Parley answers sooner): {speedups}."
+        )
+    if summary.get("biggest_stage"):
+        big = summary["biggest_stage"]
+        lines.append(f"Parley's biggest stage with one caller: `{big['stage']}`, p50 {big['p50']:.0f} ms.")
+    return "\n\n".join(lines)
+
+
 def update_readme(table: str, folder: Path) -> None:
     text = README.read_text()
     if README_START not in text or README_END not in text:
@@ -327,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         "turns": turns,
     }
     folder = write_report(results, args.out)
-    table = headline_table(summarize(results))
+    summary = summarize(results)
+    table = readme_block(summary)
     print(f"\n{table}\nreport: {folder / 'summary.md'}  ({results['duration_s']:.0f} s)")
     if mem:
         print(
