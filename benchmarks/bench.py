@@ -129,7 +129,7 @@ class Bench:
                 transcript=result.transcript,
                 answer=result.agent_text,
                 correct=correct(result.agent_text, question),
-                stages_ms=traces[-1]["stages_ms"] if system == PARLEY and traces else {},
+                stages_ms=traces[-1]["stages_ms"] if traces else {},
             )
         except Exception as exc:  # noqa: BLE001 - a failed turn is a result: it counts as no answer
             row["error"] = f"{type(exc).__name__}: {exc}"
