@@ -210,6 +210,13 @@ class PhoneCall:
             }
         )
 
+    async def drop(self) -> None:
+        """The line goes dead: the socket closes without a `stop`."""
+        self._hung_up = True
+        for task in self._tasks:
+            task.cancel()
+        await self._ws.close()
+
     async def pause(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
