@@ -26,7 +26,7 @@ test: setup lint
 	$(BIN)/python -m pytest
 
 # The latency benchmark (benchmarks/bench.py): Parley vs a stock-pipecat baseline, 1/2/4 callers,
-# ~10 minutes on 2 cores; the report goes to benchmarks/results/<timestamp>/. ARGS passes options.
+# about 8 minutes on 2 cores; the report goes to benchmarks/results/<timestamp>/. ARGS passes options.
 bench: setup
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 

@@ -14,6 +14,7 @@ import copy
 import logging
 import re
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
 
 from pipecat.frames.frames import Frame, LLMContextFrame
@@ -104,8 +105,9 @@ class KnowledgeContextProcessor(FrameProcessor):
         finally:
             spec.retrieved.set()
         text, _keys = user_message(spec.question, spec.hits, self._given)
+        spec.prompt = [*history, {"role": "user", "content": text}]
         try:
-            await self._prefill([*history, {"role": "user", "content": text}])
+            await self._prefill(spec.prompt)
             log.debug("speculative prefill for %r done", spec.question)
         except Exception as exc:  # noqa: BLE001 - a failed prefill only loses its head start
             log.info("speculative prefill failed (%s); the turn prefills as usual", exc)
@@ -147,13 +149,19 @@ class KnowledgeContextProcessor(FrameProcessor):
             return  # already grounded (e.g. a re-run of the same turn)
         self._last_added = []  # set again below; stale keys must not be forgotten if this is cancelled
         spec = await self._take_speculation(content)
-        if spec is not None:
-            ahead_ms = (time.monotonic_ns() - spec.started_ns) / 1e6
-            log.debug("turn %r was prefilled speculatively, from %.0f ms before it ended", content, ahead_ms)
+        try:
+            await self._ground_with(messages, content, spec)
+        finally:
+            if spec is not None and spec.task is not None and not spec.task.done():
+                spec.task.cancel()  # not this prompt, too slow, or this turn was cancelled
+
+    async def _ground_with(self, messages: list[dict], content: str, spec: Speculation | None) -> None:
         if self._on_start:
             self._on_start()
-        if spec is not None:
-            await spec.retrieved.wait()
+        if spec is not None and spec.task is not None:
+            retrieved = asyncio.ensure_future(spec.retrieved.wait())
+            await asyncio.wait([retrieved, spec.task], timeout=PREFILL_WAIT_S, return_when=FIRST_COMPLETED)
+            retrieved.cancel()
         if spec is not None and spec.hits is not None:
             hits = spec.hits
         else:
@@ -166,16 +174,20 @@ class KnowledgeContextProcessor(FrameProcessor):
         self._given.update(keys)
         self._last_added = keys
         # In place: the stored history keeps the facts, so the next turn's prompt extends this one.
-        last["content"] = text
+        messages[-1]["content"] = text
         log.debug(
             "grounded %r with %d new passages (%d messages in history)", content, len(keys), len(messages)
         )
         if self._on_end:
             self._on_end()
-        if spec is not None and spec.task is not None:
+        if spec is not None and spec.task is not None and spec.prompt == messages:
             # The prefill of this very prompt may be under way: sent now, the real request would
             # read it again in another slot, beside it, on the same cores. (Counted in llm_ttft.)
+            ahead_ms = (time.monotonic_ns() - spec.started_ns) / 1e6
+            log.debug("turn %r was prefilled speculatively, from %.0f ms before it ended", content, ahead_ms)
             await asyncio.wait([spec.task], timeout=PREFILL_WAIT_S)
+        elif spec is not None:
+            log.debug("speculative prefill for %r was not this turn's prompt; dropped", spec.question)
 
 
 def merge_continued_turn(messages: list[dict], first_text: str) -> str | None:

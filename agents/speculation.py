@@ -53,6 +53,7 @@ class Speculation:
     question: str
     started_ns: int = field(default_factory=time.monotonic_ns)
     hits: list[Hit] | None = None
+    prompt: list[dict] | None = None  # the conversation as prefilled; reused only if the turn's is the same
     retrieved: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
 
@@ -68,8 +69,11 @@ class PromptPrefill:
         self._endpoint = endpoint
         self._render = render
         self._client: httpx.AsyncClient | None = None
+        self._closed = False
 
     async def __call__(self, messages: list[dict]) -> None:
+        if self._closed:
+            return  # the session is over; a late speculation must not open a new client
         body = {
             "model": self._endpoint.model,
             "messages": await self._render(messages),
@@ -87,6 +91,7 @@ class PromptPrefill:
                 pass
 
     async def close(self) -> None:
+        self._closed = True
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()

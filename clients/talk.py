@@ -50,7 +50,10 @@ class TalkResult:
 
     @property
     def client_voice_to_voice_ms(self) -> float | None:
-        if self.first_audio_s is None:
+        """The last speech sample sent → the first agent audio received; None when there is no
+        such figure: no answer, the question's end never sent, or an answer that began before
+        the question ended (a fragment answer is not a fast one)."""
+        if self.first_audio_s is None or not self.speech_end_s or self.first_audio_s < self.speech_end_s:
             return None
         return 1000.0 * (self.first_audio_s - self.speech_end_s)
 

@@ -416,7 +416,9 @@ class Session(TurnHooks):
     async def _turn_settled(self, text: str) -> None:
         """Every word is in and the pause that ends the turn is running: start on the answer's
         prompt (nothing is said or stored until the turn really ends)."""
-        if self._prefill is not None and not self._agent_active:
+        # Not after a cut-off answer: turn_ended rewrites the history to what was heard, so the
+        # prompt prefilled now would not be the one sent.
+        if self._prefill is not None and not self._agent_active and self._cut_off_turn is None:
             await self._knowledge.speculate(self._context.get_messages(), text)
 
     async def _speech_resumed(self) -> None:

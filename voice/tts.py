@@ -132,7 +132,11 @@ class FirstClauseAggregator(SimpleTextAggregator):
         body = self._text.rstrip(" ")
         return bool(body) and body[-1] in CLAUSE_BREAKS and len(body.split()) >= MIN_CLAUSE_WORDS
 
-    async def reset(self):  # pipecat calls it when an answer ends (flush): the next one starts
+    async def flush(self):  # pipecat calls it when an answer ends: the next one starts afresh
+        self._first = True
+        return await super().flush()
+
+    async def reset(self):
         await super().reset()
         self._first = True
 

@@ -21,6 +21,7 @@ from pipecat.turns.types import ProcessFrameResult
 from pipecat.turns.user_start import BaseUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.utils.string import TextPartForConcatenation, concatenate_aggregated_text
 
 from voice.end_of_turn import TurnCompletionFrame
 from voice.vad import make_vad
@@ -242,6 +243,9 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
         self._pause_complete = pause_complete_secs
         self._pause_incomplete = pause_incomplete_secs
         self._vad_stopped_at: float | None = None
+        # This turn's transcripts, to hand speculation the words exactly as pipecat's user
+        # aggregator will join them into the user message.
+        self._parts: list[TextPartForConcatenation] = []
 
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
         if isinstance(frame, TurnCompletionFrame):
@@ -283,6 +287,7 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
 
     async def _handle_transcription(self, frame: TranscriptionFrame):
         self._text += frame.text
+        self._parts.append(TextPartForConcatenation(frame.text, frame.includes_inter_frame_spaces))
         await self._maybe_trigger_user_turn_stopped()
 
     async def handle_user_turn_started(self):
@@ -291,6 +296,11 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
         # proves it is one, after the user has stopped speaking. (A turn started by the VAD
         # discards them anyway, as the VAD start resets them.)
         self._text = ""
+        self._parts = []
+
+    async def handle_user_turn_stopped(self):
+        await super().handle_user_turn_stopped()
+        self._parts = []
 
     async def _stt_timeout_handler(self, timeout: float):  # noqa: ASYNC109 - pipecat's signature
         # pipecat's safety net for streaming STT; here every segment reports done in-band, so
@@ -303,7 +313,7 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
         # Still waiting out the pause (a turn that ended has no text and a finished timer).
         pause_running = not self._user_speech_wait_done and not self._vad_user_speaking
         if pause_running and self._text and self._on_settled is not None:
-            await self._on_settled(self._text)
+            await self._on_settled(concatenate_aggregated_text(self._parts))
 
 
 def user_turn_params(
