@@ -7,6 +7,10 @@ up. What comes back is played as Twilio would: into a buffer that empties in rea
 `clear` drops what has not been played yet, and each `mark` is sent back once the audio before it
 has been played (or dropped by a `clear`).
 
+With `--auth-token`, the call first rings the voice webhook as Twilio does (a POST to
+`/twilio/voice` signed with X-Twilio-Signature) and opens the stream with the parameters the
+TwiML gives it: a server with a Twilio auth token lets only such streams in.
+
 Speaks only the documented protocol (docs/protocol.md, "Phone calls"); imports nothing from the
 server.
 """
@@ -16,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import re
 import sys
@@ -25,7 +31,9 @@ import wave
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
+import httpx
 import numpy as np
 import websockets
 
@@ -121,13 +129,17 @@ class PhoneCall:
     """
 
     def __init__(
-        self, url: str, custom_parameters: dict[str, str] | None = None, preamble: tuple[str, ...] = ()
+        self,
+        url: str,
+        custom_parameters: dict[str, str] | None = None,
+        preamble: tuple[str, ...] = (),
+        call_sid: str | None = None,
     ):
         self._url = url
         self._custom = custom_parameters or {}
         self._preamble = preamble
         self.stream_sid = "MZ" + uuid.uuid4().hex
-        self.call_sid = "CA" + uuid.uuid4().hex
+        self.call_sid = call_sid or new_call_sid()
         self.log = CallLog()
         self.heard = bytearray()  # the agent's audio as played in the earpiece: s16le at 8 kHz
         self._mic: deque[tuple[bytes, asyncio.Event]] = deque()
@@ -357,6 +369,39 @@ class PhoneCall:
 # --- `parley phone` --------------------------------------------------------------------------------
 
 
+def new_call_sid() -> str:
+    return "CA" + uuid.uuid4().hex
+
+
+def voice_url(media_url: str) -> str:
+    """The voice webhook beside a media stream URL (ws://host/twilio/media → http://host/twilio/voice)."""
+    scheme, rest = media_url.split("://", 1)
+    host = rest.split("/", 1)[0]
+    return f"{'https' if scheme == 'wss' else 'http'}://{host}/twilio/voice"
+
+
+def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
+    """Twilio's X-Twilio-Signature: base64(HMAC-SHA1(token, url + each sorted name and value))."""
+    data = url + "".join(name + value for name, value in sorted(params.items()))
+    return base64.b64encode(hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()).decode()
+
+
+async def ring(media_url: str, auth_token: str, call_sid: str) -> dict[str, str]:
+    """Ring the voice webhook as Twilio does for an incoming call, signed with `auth_token`; return
+    the stream parameters its TwiML gives (Twilio passes them on in the stream's `start`)."""
+    url = voice_url(media_url)
+    form = {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": "+15550100000", "To": "+15550100001"}
+    headers = {"X-Twilio-Signature": twilio_signature(auth_token, url, form)}
+    async with httpx.AsyncClient() as client:
+        response = await client.post(url, data=form, headers=headers, timeout=10)
+    if response.status_code != 200:
+        raise RuntimeError(f"the voice webhook refused the call ({response.status_code}): {response.text}")
+    root = ElementTree.fromstring(response.text)
+    if root.find(".//Stream") is None:
+        raise RuntimeError(f"the voice webhook did not connect a stream: {response.text}")
+    return {p.get("name", ""): p.get("value", "") for p in root.iter("Parameter")}
+
+
 def parse_dtmf(spec: str) -> list[tuple[str, float]]:
     """'*@2,0@9.5' → [('*', 2.0), ('0', 9.5)]: keys and when to press them, in s from the call's start."""
     presses = []
@@ -378,10 +423,13 @@ async def call(
     quiet_s: float = QUIET_END_S,
     timeout_s: float = 60.0,
     keys_from_stdin: bool = False,
+    auth_token: str | None = None,
 ) -> PhoneCall:
     """One scripted call: say `pcm`, press the keys on time, hang up once the agent has answered
     everything and gone quiet (or when the keyboard says so)."""
-    async with PhoneCall(url) as phone:
+    call_sid = new_call_sid()
+    parameters = await ring(url, auth_token, call_sid) if auth_token else {}
+    async with PhoneCall(url, custom_parameters=parameters, call_sid=call_sid) as phone:
 
         async def press_on_time():
             for digit, at_s in presses:
@@ -435,11 +483,13 @@ def main(args) -> int:
         )
         return 2
     try:
-        phone = asyncio.run(call(args.url, pcm, rate, presses, args.quiet, args.timeout, args.keys))
-    except (OSError, websockets.WebSocketException) as exc:
+        phone = asyncio.run(
+            call(args.url, pcm, rate, presses, args.quiet, args.timeout, args.keys, args.auth_token)
+        )
+    except (OSError, websockets.WebSocketException, httpx.HTTPError) as exc:
         print(f"error: cannot reach {args.url}: {exc} (is `parley serve` running?)", file=sys.stderr)
         return 1
-    except TimeoutError as exc:
+    except (TimeoutError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     heard_s = len(phone.heard) / 2 / RATE

@@ -12,6 +12,7 @@ import time
 import warnings
 from types import SimpleNamespace
 from urllib.parse import urlencode
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -32,7 +33,13 @@ from clients.phone import PhoneCall, parse_dtmf, ulaw_decode, ulaw_encode
 from voice import protocol
 from voice.config import DEFAULT_DTMF_REPLIES, Settings
 from voice.narrowband import LowDelayResampler
-from voice.phone import check_signature, twilio_signature
+from voice.phone import (
+    STREAM_TOKEN_PARAMETER,
+    check_signature,
+    stream_token,
+    stream_token_ok,
+    twilio_signature,
+)
 from voice.protocol import ProtocolError
 from voice.server import create_app
 from voice.session import KEYPAD_TURN_TEXT, EndReason, Session
@@ -163,9 +170,9 @@ def test_an_incoming_call_is_connected_to_the_media_stream_on_the_requests_host(
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/xml")
     assert (
-        '<Response><Connect><Stream url="wss://testserver/twilio/media"/></Connect></Response>'
+        '<Response><Connect><Stream url="wss://testserver/twilio/media"></Stream></Connect></Response>'
         in response.text
-    )
+    ), "without an auth token there is no stream token to hand out"
 
 
 def test_the_stream_url_follows_the_public_url_behind_a_proxy():
@@ -182,11 +189,23 @@ def test_a_call_while_the_models_load_is_told_the_lines_are_busy():
     assert "<Stream" not in response.text
 
 
-def test_a_correctly_signed_call_is_answered():
+def test_a_correctly_signed_call_is_answered_with_its_own_stream_token():
     client = webhook(Settings(twilio_auth_token=TOKEN))
     signature = twilio_signature(TOKEN, "http://testserver/twilio/voice", CALL_PARAMS)
     response = post_call(client, signature=signature)
-    assert response.status_code == 200 and "<Stream" in response.text
+    assert response.status_code == 200
+    parameters = {
+        p.get("name"): p.get("value") for p in ElementTree.fromstring(response.text).iter("Parameter")
+    }
+    assert parameters == {STREAM_TOKEN_PARAMETER: stream_token(TOKEN, "CA42")}
+
+
+def test_only_the_calls_own_token_lets_its_stream_in():
+    token = {STREAM_TOKEN_PARAMETER: stream_token(TOKEN, "CA42")}
+    assert stream_token_ok(TOKEN, "CA42", token)
+    assert not stream_token_ok(TOKEN, "CA43", token)  # another call's token
+    assert not stream_token_ok("another", "CA42", token)  # minted with another account's token
+    assert not stream_token_ok(TOKEN, "CA42", {})
 
 
 def test_unsigned_and_tampered_calls_are_refused():

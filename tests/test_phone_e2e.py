@@ -16,8 +16,9 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+import websockets
 
-from clients.phone import RATE, PhoneCall
+from clients.phone import RATE, PhoneCall, new_call_sid, ring
 from tests.conftest import speak, start_server, stop_server
 from voice import models
 from voice.audio import resample_pcm16
@@ -55,6 +56,18 @@ def whisper() -> WhisperEngine:
     return WhisperEngine.load(models.ensure("whisper-base"))
 
 
+async def answered_call(
+    media_url: str, custom_parameters: dict[str, str] | None = None, **kwargs
+) -> PhoneCall:
+    """A call as Twilio makes it: the signed webhook answers it, then its stream opens with the
+    parameters the TwiML gave (the server has an auth token, so it lets only such streams in)."""
+    call_sid = new_call_sid()
+    given = await ring(media_url, TOKEN, call_sid)
+    return PhoneCall(
+        media_url, custom_parameters={**(custom_parameters or {}), **given}, call_sid=call_sid, **kwargs
+    )
+
+
 def heard(whisper: WhisperEngine, pcm8k: bytes) -> str:
     return whisper.transcribe_pcm16(resample_pcm16(pcm8k, RATE, WHISPER_SAMPLE_RATE)).text
 
@@ -77,7 +90,7 @@ async def wait_for_no_sessions(server, within_s: float = 10.0) -> None:
 
 async def test_a_caller_asks_by_phone_and_hears_the_right_fact(phone_server, media_url, whisper):
     question = QUESTIONS["saturday-open"]
-    async with PhoneCall(media_url) as phone:
+    async with await answered_call(media_url) as phone:
         await phone.say(speak(question["question"], RATE))
         await phone.wait_until_quiet(phone.log.speech_ends[-1], timeout_s=ANSWER_TIMEOUT_S)
     said = heard(whisper, bytes(phone.heard))
@@ -87,7 +100,7 @@ async def test_a_caller_asks_by_phone_and_hears_the_right_fact(phone_server, med
 
 
 async def test_talking_over_the_agent_makes_twilio_drop_its_audio(phone_server, media_url):
-    async with PhoneCall(media_url) as phone:
+    async with await answered_call(media_url) as phone:
         await phone.say(speak(LONG_QUESTION, RATE))
         first = await phone.wait_for("media", phone.log.speech_ends[-1], ANSWER_TIMEOUT_S)
         await phone.pause(CUT_IN_AFTER_S - (time.monotonic() - first.at))
@@ -109,7 +122,7 @@ async def test_talking_over_the_agent_makes_twilio_drop_its_audio(phone_server, 
 
 
 async def test_star_reads_the_menu_and_zero_says_it_is_transferring(phone_server, media_url, whisper):
-    async with PhoneCall(media_url) as phone:
+    async with await answered_call(media_url) as phone:
         await phone.pause(0.5)
         pressed = time.monotonic()
         await phone.press("*")
@@ -125,7 +138,7 @@ async def test_star_reads_the_menu_and_zero_says_it_is_transferring(phone_server
 
 async def test_hanging_up_ends_the_session_cleanly(phone_server, media_url):
     await wait_for_no_sessions(phone_server)
-    async with PhoneCall(media_url, custom_parameters={"test": "hang-up"}) as phone:
+    async with await answered_call(media_url, custom_parameters={"test": "hang-up"}) as phone:
         await phone.pause(1.0)
         assert await sessions(phone_server) == 1
         await phone.hang_up()
@@ -140,7 +153,7 @@ async def test_hanging_up_ends_the_session_cleanly(phone_server, media_url):
 
 async def test_a_dropped_line_ends_the_session_too(phone_server, media_url):
     await wait_for_no_sessions(phone_server)
-    async with PhoneCall(media_url) as phone:
+    async with await answered_call(media_url) as phone:
         await phone.pause(0.5)
         await phone.drop()  # no stop: the connection just goes
     await wait_for_no_sessions(phone_server)
@@ -170,13 +183,13 @@ def test_the_webhook_answers_a_signed_call_and_refuses_a_tampered_one(phone_serv
 
     host = phone_server.url.removeprefix("http://")
     assert answered.status_code == 200
-    assert f'<Connect><Stream url="wss://{host}/twilio/media"/></Connect>' in answered.text
+    assert f'<Connect><Stream url="wss://{host}/twilio/media">' in answered.text
     assert tampered.status_code == 403 and "X-Twilio-Signature" in tampered.text
 
 
 async def test_bad_messages_are_logged_and_the_call_goes_on(phone_server, media_url, whisper):
     before_start = (json.dumps({"event": "media", "media": {"payload": "/w=="}}), "{not json")
-    async with PhoneCall(media_url, preamble=before_start) as phone:
+    async with await answered_call(media_url, preamble=before_start) as phone:
         for raw in (
             json.dumps(
                 {"event": "media", "streamSid": phone.stream_sid, "media": {"payload": "%%% not base64"}}
@@ -195,3 +208,30 @@ async def test_bad_messages_are_logged_and_the_call_goes_on(phone_server, media_
     async with httpx.AsyncClient() as client:
         metrics = (await client.get(f"{phone_server.url}/metrics", timeout=5)).text
     assert 'parley_errors_total{code="invalid_base64"} 1.0' in metrics
+
+
+async def stream_refused(media_url: str, custom_parameters: dict[str, str], call_sid: str) -> int:
+    """Open a stream as a stranger would; the close code the server answers with."""
+    async with websockets.connect(media_url) as ws:
+        await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+        start = {
+            "streamSid": "MZ" + "1" * 32,
+            "callSid": call_sid,
+            "tracks": ["inbound"],
+            "customParameters": custom_parameters,
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": RATE, "channels": 1},
+        }
+        await ws.send(json.dumps({"event": "start", "start": start}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), timeout=10)
+        return closed.value.rcvd.code
+
+
+async def test_a_stream_no_signed_webhook_answered_is_refused(phone_server, media_url):
+    # No token at all, and another call's token: neither gets a conversation.
+    other_call = new_call_sid()
+    stolen = await ring(media_url, TOKEN, other_call)
+    assert await stream_refused(media_url, {}, new_call_sid()) == 1008
+    assert await stream_refused(media_url, stolen, new_call_sid()) == 1008
+    assert await sessions(phone_server) == 0
+    assert phone_server.log().count("refused: no valid parley_stream_token") == 2

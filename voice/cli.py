@@ -165,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet", type=float, default=3.0, help="hang up once the agent has been silent this long"
     )
     p.add_argument("--timeout", type=float, default=60.0, help="give up waiting for the agent after this")
+    p.add_argument(
+        "--auth-token",
+        default=None,
+        help="ring the voice webhook first, signed with this Twilio auth token, as Twilio does "
+        "(needed when the server has PARLEY_TWILIO_AUTH_TOKEN)",
+    )
     p.set_defaults(func=_cmd_phone)
 
     p = sub.add_parser(

@@ -202,7 +202,8 @@ class Settings(BaseSettings):
     twilio_auth_token: SecretStr = Field(
         SecretStr(""),
         description="Your Twilio account's auth token. Set, /twilio/voice refuses requests without a valid "
-        "X-Twilio-Signature; empty, anyone who finds the URL can start a call (logged at start-up).",
+        "X-Twilio-Signature and /twilio/media refuses streams without the per-call token the webhook "
+        "handed out; empty, anyone who finds the URL can start a call (logged at start-up).",
     )
     dtmf_replies: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_DTMF_REPLIES),

@@ -5,6 +5,12 @@ bidirectional Media Stream on `/twilio/media` (voice/transports/twilio.py). With
 configured, the webhook first checks Twilio's `X-Twilio-Signature`: HMAC-SHA1, keyed with the
 account's auth token, over the URL Twilio called followed by every POST parameter, sorted by name,
 as name and value with nothing between (Twilio's documented scheme, in "Webhooks security").
+
+The media socket itself carries no signature Parley can check, so with a token the webhook also
+puts a per-call stream token in the TwiML (a `<Parameter>` of the `<Stream>`: HMAC-SHA256 of the
+call's CallSid, keyed with the auth token). Twilio hands it back in the stream's `start`
+message, and `/twilio/media` refuses a stream without the right one: only calls the signed
+webhook answered get a conversation.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ BUSY_MESSAGE = "Sorry, all our lines are busy right now. Please call again in a 
 # TwiML's stream URL.
 HOST_PATTERN = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# The `<Stream>` parameter that carries the per-call stream token (Twilio returns it in `start`).
+STREAM_TOKEN_PARAMETER = "parley_stream_token"
 
 
 class WebhookError(Exception):
@@ -43,6 +51,17 @@ def twilio_signature(auth_token: str, url: str, params: list[tuple[str, str]]) -
     data = url + "".join(name + value for name, value in sorted(params))
     digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
+
+
+def stream_token(auth_token: str, call_sid: str) -> str:
+    """The token that lets this call's media stream in: HMAC-SHA256(auth token, call SID)."""
+    return hmac.new(auth_token.encode(), f"parley-stream:{call_sid}".encode(), hashlib.sha256).hexdigest()
+
+
+def stream_token_ok(auth_token: str, call_sid: str, custom_parameters: dict[str, str]) -> bool:
+    """Whether a stream's `start` carries the token the webhook gave its call."""
+    given = custom_parameters.get(STREAM_TOKEN_PARAMETER, "")
+    return hmac.compare_digest(given.encode(), stream_token(auth_token, call_sid).encode())
 
 
 def _with_and_without_default_port(url: str) -> list[str]:
@@ -105,11 +124,16 @@ def stream_url(public_url: str, host_header: str | None) -> str:
     return f"wss://{host_header}{MEDIA_PATH}"
 
 
-def connect_stream_twiml(url: str) -> str:
-    """TwiML that connects the call to a bidirectional Media Stream at `url`."""
+def connect_stream_twiml(url: str, parameters: dict[str, str] | None = None) -> str:
+    """TwiML that connects the call to a bidirectional Media Stream at `url`, with `parameters`
+    (Twilio returns them in the stream's `start`)."""
+    inner = "".join(
+        f"<Parameter name={quoteattr(name)} value={quoteattr(value)}/>"
+        for name, value in (parameters or {}).items()
+    )
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
-        f"<Response><Connect><Stream url={quoteattr(url)}/></Connect></Response>"
+        f"<Response><Connect><Stream url={quoteattr(url)}>{inner}</Stream></Connect></Response>"
     )
 
 

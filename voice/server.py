@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
 START_TIMEOUT_S = 30.0  # a client that never sends session.start is holding a socket for nothing
 MAX_WEBHOOK_BODY_BYTES = 64 * 1024  # Twilio's call webhook is ~1 KiB of form fields
+WS_CLOSE_POLICY_VIOLATION = 1008  # RFC 6455: the peer broke a rule (here: a stream no webhook answered)
 
 
 @dataclass
@@ -178,7 +179,8 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
             state.metrics.error(refusal[0])
             return Response(phone.busy_twiml(), media_type=phone.TWIML_MEDIA_TYPE)
         log.info("call %s: answering with a media stream at %s", call_sid, stream)
-        return Response(phone.connect_stream_twiml(stream), media_type=phone.TWIML_MEDIA_TYPE)
+        parameters = {phone.STREAM_TOKEN_PARAMETER: phone.stream_token(token, call_sid)} if token else None
+        return Response(phone.connect_stream_twiml(stream, parameters), media_type=phone.TWIML_MEDIA_TYPE)
 
     @app.websocket(phone.MEDIA_PATH)
     async def twilio_media(websocket: WebSocket):
@@ -203,8 +205,29 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
                 log.exception("phone stream failed before it started")
                 state.metrics.error("internal")
                 return
+            token = settings.twilio_auth_token.get_secret_value()
+            if (
+                start is not None
+                and token
+                and not phone.stream_token_ok(token, start.call_sid, start.custom_parameters)
+            ):
+                log.warning(
+                    "phone stream for call %s refused: no valid %s (only calls answered by %s get one)",
+                    start.call_sid or "?",
+                    phone.STREAM_TOKEN_PARAMETER,
+                    phone.VOICE_PATH,
+                )
+                state.metrics.error("bad_stream_token")
+                with contextlib.suppress(Exception):
+                    await websocket.close(code=WS_CLOSE_POLICY_VIOLATION, reason="bad_stream_token")
+                return
             if start is not None:
                 await _converse(TwilioWire(websocket, start))
+
+    @app.get("/phone", include_in_schema=False)
+    async def phone_page():
+        """The browser phone: a call over /twilio/media, heard as a caller hears it."""
+        return FileResponse(WEB_DIR / "phone.html")
 
     # The browser client, last: the routes above take precedence over the static files.
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
