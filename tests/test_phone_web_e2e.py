@@ -174,21 +174,42 @@ async def test_a_call_from_the_browser_is_answered_and_keys_and_hang_up_reach_th
     assert not problems, f"console errors: {problems}"
 
 
-async def test_a_refused_call_says_why(tmp_path):
-    # A voice that is not there: the models fail to load at once, and calls are refused (not_ready).
-    broken = start_server(tmp_path, {"PARLEY_TTS_VOICE": str(tmp_path / "missing.onnx")}, wait_ready=False)
+async def refusal_shown(server, tmp_path) -> tuple[str, bool]:
+    """Call `server` from the page: the reason it shows, and whether Call works again."""
+    mic = write_wav(tmp_path / "quiet.wav", silence(2))
+    async with async_playwright() as playwright:
+        browser, page, _ = await open_page(playwright, f"{server.url}/phone", mic)
+        try:
+            await page.get_by_test_id("call").click()
+            await expect(page.get_by_test_id("status")).to_have_text("ended", timeout=10_000)
+            reason = await page.get_by_test_id("reason").text_content()
+            return reason, await page.get_by_test_id("call").is_enabled()
+        finally:
+            await browser.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        # A voice that is not there: the models fail to load at once, and calls are refused.
+        ({"PARLEY_TTS_VOICE": "missing.onnx"}, "refused: the agent is not ready"),
+        # Only streams the signed webhook answered get in; the page has no stream token.
+        (
+            {"PARLEY_TWILIO_AUTH_TOKEN": "a-twilio-auth-token"},
+            "refused: this server takes only calls that Twilio",
+        ),
+    ],
+    ids=["not-ready", "auth-token"],
+)
+async def test_a_refused_call_says_why(env, says, tmp_path):
+    loads = "PARLEY_TTS_VOICE" not in env  # else /health says "failed" at once: don't wait for ready
+    env = {
+        name: str(tmp_path / value) if name == "PARLEY_TTS_VOICE" else value for name, value in env.items()
+    }
+    refusing = start_server(tmp_path, env, wait_ready=loads)
     try:
-        mic = write_wav(tmp_path / "quiet.wav", silence(2))
-        async with async_playwright() as playwright:
-            browser, page, _ = await open_page(playwright, f"{broken.url}/phone", mic)
-            try:
-                await page.get_by_test_id("call").click()
-                await expect(page.get_by_test_id("status")).to_have_text("ended", timeout=10_000)
-                reason = await page.get_by_test_id("reason").text_content()
-                call_again = await page.get_by_test_id("call").is_enabled()
-            finally:
-                await browser.close()
+        reason, call_again = await refusal_shown(refusing, tmp_path)
     finally:
-        stop_server(broken)
-    assert reason.startswith("refused: the agent is not ready"), reason
+        stop_server(refusing)
+    assert reason.startswith(says), reason
     assert call_again, "the Call button works again"
