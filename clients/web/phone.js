@@ -356,6 +356,7 @@ async function dial() {
     marks: [], // { name, at: `queued` when it came }, waiting for their audio to play
     resyncing: false, // cleared, and no audio since: `queued` follows the worklet's reports
     silence: null,
+    opened: false,
     hungUp: false,
   };
   Object.assign(stats, { mediaSent: 0, mediaReceived: 0, receivedMs: 0, playedMs: 0, droppedMs: 0 });
@@ -374,6 +375,7 @@ async function dial() {
   const ws = new WebSocket(url);
   call.ws = ws;
   ws.onopen = () => {
+    call.opened = true;
     send({ event: "connected", protocol: "Call", version: "1.0.0" });
     send({
       event: "start",
@@ -398,12 +400,13 @@ async function dial() {
     if (thisCall !== call) return;
     let reason;
     if (call.hungUp) reason = "you hung up";
+    else if (!call.opened) reason = "the server can't be reached (is `parley serve` running?)";
     else if (REFUSALS[event.reason]) reason = `refused: ${REFUSALS[event.reason]}`;
     else if (event.code === WS_CLOSE_TRY_AGAIN) reason = `refused: ${event.reason || "try again later"}`;
+    else if (event.code === WS_CLOSE_NORMAL) reason = "the other end hung up";
     else reason = `the line went dead (${event.code}${event.reason ? `: ${event.reason}` : ""})`;
     end(reason);
   };
-  ws.onerror = () => note("the server can't be reached (is `parley serve` running?)");
 }
 
 function end(reason) {
@@ -448,5 +451,6 @@ $("call").addEventListener("click", () => {
   });
 });
 $("hangup").addEventListener("click", hangUp);
+window.addEventListener("pagehide", hangUp); // leaving the page puts the phone down, with a stop
 setState("idle");
 showCounters();
