@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketState
 
 from voice import phone, protocol
 from voice.config import Settings
@@ -25,14 +25,13 @@ from voice.otel import SpanRecorder, make_exporter
 from voice.session import EndReason, Session
 from voice.transports.twilio import TwilioWire, await_stream_start
 from voice.transports.websocket import ParleyWire
-from voice.transports.wire import Wire
+from voice.transports.wire import Wire, receive_before
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
 START_TIMEOUT_S = 30.0  # a client that never sends session.start is holding a socket for nothing
 MAX_WEBHOOK_BODY_BYTES = 64 * 1024  # Twilio's call webhook is ~1 KiB of form fields
-WS_CLOSE_POLICY_VIOLATION = 1008  # RFC 6455: the peer broke a rule (here: a stream no webhook answered)
 
 
 @dataclass
@@ -219,7 +218,7 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
                 )
                 state.metrics.error("bad_stream_token")
                 with contextlib.suppress(Exception):
-                    await websocket.close(code=WS_CLOSE_POLICY_VIOLATION, reason="bad_stream_token")
+                    await websocket.close(code=protocol.WS_CLOSE_POLICY, reason="bad_stream_token")
                 return
             if start is not None:
                 await _converse(TwilioWire(websocket, start))
@@ -249,11 +248,10 @@ async def _refuse(websocket: WebSocket, code: str, message: str, close_code: int
 
 async def _await_session_start(websocket: WebSocket, metrics: Metrics) -> int | None:
     """Read messages until a valid session.start; answer mistakes with errors. None: the client left."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + START_TIMEOUT_S
+    deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
     while True:
         try:
-            message = await asyncio.wait_for(websocket.receive(), timeout=max(0.0, deadline - loop.time()))
+            data = await receive_before(websocket, deadline)
         except TimeoutError:
             await _refuse(
                 websocket,
@@ -264,13 +262,8 @@ async def _await_session_start(websocket: WebSocket, metrics: Metrics) -> int | 
                 metrics,
             )
             return None
-        except WebSocketDisconnect:
-            return None
-        if message["type"] == "websocket.disconnect":
-            return None
-        data = message.get("bytes") if message.get("bytes") is not None else message.get("text")
         if data is None:
-            continue
+            return None
         if len(data) > protocol.MAX_MESSAGE_BYTES:
             await _refuse(
                 websocket,

@@ -37,7 +37,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.serializers.twilio import TwilioFrameSerializer
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketState
 
 from voice import protocol
 from voice.audio import StreamResampler
@@ -45,7 +45,7 @@ from voice.config import DTMF_KEYS
 from voice.narrowband import LowDelayResampler
 from voice.protocol import ProtocolError
 from voice.stt import WHISPER_SAMPLE_RATE
-from voice.transports.wire import Wire, WireHooks
+from voice.transports.wire import Wire, WireHooks, receive_before
 
 log = logging.getLogger(__name__)
 
@@ -377,23 +377,17 @@ async def await_stream_start(
 ) -> StreamStart | None:
     """Read Twilio's opening messages up to `start`. Mistakes go to `on_error` and are dropped;
     None: the call ended (or never began) before its stream started."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + STREAM_START_TIMEOUT_S
+    deadline = asyncio.get_running_loop().time() + STREAM_START_TIMEOUT_S
     while True:
         try:
-            raw = await asyncio.wait_for(websocket.receive(), timeout=max(0.0, deadline - loop.time()))
+            data = await receive_before(websocket, deadline)
         except TimeoutError:
             on_error(
                 ProtocolError("start_timeout", f"No start within {STREAM_START_TIMEOUT_S:.0f} s; hanging up.")
             )
             return None
-        except WebSocketDisconnect:
-            return None
-        if raw["type"] == "websocket.disconnect":
-            return None
-        data = raw.get("text") if raw.get("text") is not None else raw.get("bytes")
         if data is None:
-            continue
+            return None
         try:
             message = parse_stream_message(data)
             if isinstance(message, Start):

@@ -9,6 +9,7 @@ call, mapped to what Twilio understands, `clear` and `mark`, and otherwise only 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -17,9 +18,27 @@ from dataclasses import dataclass
 from fastapi import WebSocket
 from pipecat.serializers.base_serializer import FrameSerializer
 from pydantic import BaseModel
+from starlette.websockets import WebSocketDisconnect
 
 from voice.echo import EchoGuard
 from voice.protocol import ProtocolError
+
+
+async def receive_before(websocket: WebSocket, deadline: float) -> str | bytes | None:
+    """The next text or binary message, before `deadline` (event-loop time), for a handshake;
+    None once the client has gone. Raises TimeoutError when the deadline passes first."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            message = await asyncio.wait_for(websocket.receive(), timeout=max(0.0, deadline - loop.time()))
+        except WebSocketDisconnect:
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        data = message.get("text") if message.get("text") is not None else message.get("bytes")
+        if data is not None:
+            return data
+
 
 ErrorSink = Callable[[ProtocolError], Awaitable[None]]
 TextSink = Callable[[str], Awaitable[None]]
