@@ -66,6 +66,9 @@ INTERRUPT_SETTLE_TIMEOUT_S = 1.0
 # A cut-off answer can be resumed ("what were you saying?") for this many turns after it: enough
 # for a "hold on" and its reply, not so many that the old answer comes back out of the blue.
 RESUME_WINDOW_TURNS = 3
+# After a phone caller's `stop`, how long the far end's own close of the socket may take before
+# the session stops anyway: it comes within milliseconds; a second is ample.
+HANG_UP_CLOSE_GRACE_S = 1.0
 # What a keypad press puts in the history as the user's turn: the LLM then knows, on later turns,
 # that the caller pressed a key and what the agent said to it.
 KEYPAD_TURN_TEXT = "(pressed {digit} on the keypad)"
@@ -295,7 +298,14 @@ class Session(TurnHooks):
         log.info("session %s: %s", self.id, reason)
         self.end_reason = self.end_reason or EndReason.HUNG_UP  # now: the socket closes right after
         if self._stop_task is None:
-            self._stop_task = asyncio.create_task(self.stop(EndReason.HUNG_UP))
+            self._stop_task = asyncio.create_task(self._stop_after_hang_up())
+
+    async def _stop_after_hang_up(self) -> None:
+        # Twilio (and the simulator) close the socket right after `stop`, and that close ends the
+        # session through the transport. Stopping at once raced it: pipecat then closed a socket
+        # the far end was closing too, and logged an error for a normal hang-up.
+        await asyncio.sleep(HANG_UP_CLOSE_GRACE_S)
+        await self.stop(EndReason.HUNG_UP)
 
     async def _typed_turn(self, text: str) -> None:
         """Interrupts the agent like speech would, then goes straight to the agent."""
