@@ -125,7 +125,9 @@ class PhoneCall:
     """One call. `async with PhoneCall(url) as call:` then `say`, `press`, `wait_for`, `hang_up`.
 
     `preamble`: raw text messages sent after `connected` and before `start` (to test a server
-    with messages Twilio would not send).
+    with messages Twilio would not send). `microphone` (its `frame()` gives the next 20 ms of
+    8 kHz s16le, or None) is heard whenever no clip is being said; `speaker` (its `play()` takes
+    8 kHz s16le) gets what the earpiece plays, 20 ms every 20 ms, silence included.
     """
 
     def __init__(
@@ -134,8 +136,12 @@ class PhoneCall:
         custom_parameters: dict[str, str] | None = None,
         preamble: tuple[str, ...] = (),
         call_sid: str | None = None,
+        microphone=None,
+        speaker=None,
     ):
         self._url = url
+        self._live_mic = microphone
+        self._speaker = speaker
         self._custom = custom_parameters or {}
         self._preamble = preamble
         self.stream_sid = "MZ" + uuid.uuid4().hex
@@ -301,6 +307,10 @@ class PhoneCall:
                     await self._send_back(name)
             self._new_message.set()
 
+    async def wait_closed(self) -> None:
+        """Until the server closes the line."""
+        await asyncio.wait([self._tasks[0]])
+
     async def _send_back(self, name: str) -> None:
         self.log.marks_sent_back.append(name)
         await self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
@@ -314,6 +324,7 @@ class PhoneCall:
                 await asyncio.sleep(delay)
             tick += 1
             wanted = FRAME_SAMPLES
+            played_now = bytearray()
             while self._earpiece and (wanted > 0 or isinstance(self._earpiece[0], str)):
                 item = self._earpiece.popleft()
                 if isinstance(item, str):
@@ -323,8 +334,11 @@ class PhoneCall:
                 played, rest = item[:wanted], item[wanted:]
                 if rest:
                     self._earpiece.appendleft(rest)
-                self.heard.extend(ulaw_decode(played))
+                played_now += ulaw_decode(played)
                 wanted -= len(played)
+            self.heard.extend(played_now)
+            if self._speaker is not None:
+                self._speaker.play(bytes(played_now) + bytes(2 * wanted))
 
     async def _microphone(self) -> None:
         """20 ms of μ-law every 20 ms, speech when there is some, silence otherwise."""
@@ -344,6 +358,8 @@ class PhoneCall:
             if clip:
                 pcm = clip[pos : pos + FRAME_SAMPLES * 2]
                 frame = ulaw_encode(pcm + bytes(FRAME_SAMPLES * 2 - len(pcm)))
+            elif self._live_mic is not None and (pcm := self._live_mic.frame()) is not None:
+                frame = ulaw_encode(pcm)
             else:
                 frame = silence
             media = {
@@ -450,6 +466,34 @@ async def call(
     return phone
 
 
+async def call_from_microphone(url: str, auth_token: str | None = None) -> PhoneCall:
+    """A live call: this computer's microphone and speaker are the handset, keys typed on the
+    keyboard are pressed, and it lasts until `q` (or the end of input) or the server hangs up."""
+    from clients.sound import Microphone, Speaker
+
+    microphone, speaker = Microphone(), Speaker()  # fail here, before dialling, if there is no sound card
+    call_sid = new_call_sid()
+    parameters = await ring(url, auth_token, call_sid) if auth_token else {}
+    microphone.start()
+    speaker.start()
+    try:
+        async with PhoneCall(
+            url, custom_parameters=parameters, call_sid=call_sid, microphone=microphone, speaker=speaker
+        ) as phone:
+            print("on the line: talk to the agent", file=sys.stderr)
+            keys = asyncio.create_task(_keys_from_stdin(phone))
+            closed = asyncio.create_task(phone.wait_closed())
+            await asyncio.wait([keys, closed], return_when=asyncio.FIRST_COMPLETED)
+            if closed.done():
+                print("the other end hung up", file=sys.stderr)
+            for task in (keys, closed):
+                task.cancel()
+    finally:
+        microphone.stop()
+        speaker.stop()
+    return phone
+
+
 async def _keys_from_stdin(phone: PhoneCall) -> None:
     print("keypad: type keys (0-9 * #) and Enter to press them; q and Enter to hang up", file=sys.stderr)
     loop = asyncio.get_running_loop()
@@ -468,24 +512,39 @@ def main(args) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.mic and (args.wav or presses):
+        print("error: --mic is a live call: leave out --wav and --dtmf (type keys instead)", file=sys.stderr)
+        return 2
     if args.wav:
         try:
             pcm, rate = read_wav(Path(args.wav))
         except (OSError, EOFError, ValueError, wave.Error) as exc:
             print(f"error: cannot read {args.wav}: {exc}", file=sys.stderr)
             return 2
-    elif presses or args.keys:
+    elif presses or args.keys or args.mic:
         pcm, rate = b"", RATE
     else:
         print(
-            "error: give a question to say (--wav FILE), keys to press (--dtmf '*@1'), or --keys",
+            "error: give a question to say (--wav FILE), keys to press (--dtmf '*@1'), --keys, "
+            "or --mic to talk yourself",
             file=sys.stderr,
         )
         return 2
+    from clients.sound import SoundUnavailable
+
     try:
-        phone = asyncio.run(
-            call(args.url, pcm, rate, presses, args.quiet, args.timeout, args.keys, args.auth_token)
-        )
+        if args.mic:
+            phone = asyncio.run(call_from_microphone(args.url, args.auth_token))
+        else:
+            phone = asyncio.run(
+                call(args.url, pcm, rate, presses, args.quiet, args.timeout, args.keys, args.auth_token)
+            )
+    except SoundUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hung up (Ctrl-C)", file=sys.stderr)
+        return 130
     except (OSError, websockets.WebSocketException, httpx.HTTPError) as exc:
         print(f"error: cannot reach {args.url}: {exc} (is `parley serve` running?)", file=sys.stderr)
         return 1

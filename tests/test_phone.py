@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import logging
+import sys
 import time
 import warnings
 from types import SimpleNamespace
@@ -30,6 +31,7 @@ from pipecat.frames.frames import (
 from starlette.websockets import WebSocketState
 
 from clients.phone import PhoneCall, parse_dtmf, ulaw_decode, ulaw_encode
+from clients.phone import main as phone_main
 from voice import protocol
 from voice.config import DEFAULT_DTMF_REPLIES, Settings
 from voice.narrowband import LowDelayResampler
@@ -636,3 +638,23 @@ def test_keys_are_scheduled_from_the_command_line():
     assert parse_dtmf("0@9.5, *@2") == [("*", 2.0), ("0", 9.5)]
     with pytest.raises(ValueError, match="KEY@SECONDS"):
         parse_dtmf("star@2")
+
+
+def _phone_args(**given) -> SimpleNamespace:
+    defaults = dict(
+        wav=None, url="ws://127.0.0.1:9/twilio/media", out=None, dtmf=None, keys=False, mic=False,
+        quiet=3.0, timeout=5.0, auth_token=None,
+    )  # fmt: skip
+    return SimpleNamespace(**{**defaults, **given})
+
+
+def test_a_microphone_call_without_portaudio_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # as if it were not installed
+    assert phone_main(_phone_args(mic=True)) == 2
+    error = capsys.readouterr().err
+    assert "microphone needs the sounddevice package" in error and "pip install sounddevice" in error
+
+
+def test_a_microphone_call_is_live_so_a_wav_question_is_refused(capsys):
+    assert phone_main(_phone_args(mic=True, wav="question.wav")) == 2
+    assert "--mic is a live call" in capsys.readouterr().err

@@ -10,11 +10,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import pathlib
 import re
+import subprocess
+import sys
 import time
 from urllib.parse import urlencode
 
 import httpx
+import numpy as np
 import pytest
 import websockets
 
@@ -97,6 +102,84 @@ async def test_a_caller_asks_by_phone_and_hears_the_right_fact(phone_server, med
     assert states_fact(said, question), f"the caller heard {said!r}"
     assert not phone.log.events("clear"), "nobody talked over the agent"
     print(f"\nphone voice-to-voice (client): {phone.client_voice_to_voice_ms():.0f} ms")
+
+
+# ALSA's `file` plugin as this machine's sound card: the microphone reads a file, the speaker
+# writes one; both stand in front of the `null` device, so PortAudio sees ordinary ALSA devices.
+ASOUNDRC = """
+pcm.!default {{ type asym capture.pcm "mic" playback.pcm "speaker" }}
+pcm.mic {{ type file slave.pcm "null" file "/dev/null" infile "{mic}" format "raw" }}
+pcm.speaker {{ type file slave.pcm "null" file "{speaker}" format "raw" }}
+"""
+QUIET_AFTER_S = 3.0  # the agent has finished once its speaker has been silent this long
+LOUD = 500  # a sample above this (of 32767) is the agent speaking, not silence
+
+
+def sound_card(home) -> tuple[dict[str, str], int, pathlib.Path, pathlib.Path]:
+    """An ALSA configuration in `home` whose default devices are files; returns the environment
+    that selects it, the rate PortAudio opens them at, and the two files."""
+    mic, speaker = home / "mic.raw", home / "speaker.raw"
+    (home / ".asoundrc").write_text(ASOUNDRC.format(mic=mic, speaker=speaker))
+    env = {**os.environ, "HOME": str(home)}
+    probe = "import sounddevice as sd; print(int(sd.query_devices(kind='input')['default_samplerate']))"
+    rate = int(
+        subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    return env, rate, mic, speaker
+
+
+def read_if_there(path: pathlib.Path) -> bytes:
+    return path.read_bytes() if path.exists() else b""
+
+
+async def wait_for_speaker_to_answer(speaker: pathlib.Path, rate: int, after: int, timeout_s: float) -> int:
+    """Once the speaker has played something loud past sample `after` and then been quiet for
+    QUIET_AFTER_S, return where its audio now ends (in samples)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        played = np.frombuffer(await asyncio.to_thread(read_if_there, speaker), dtype="<i2")
+        loud = np.flatnonzero(np.abs(played[after:].astype(np.int32)) > LOUD)
+        if loud.size and len(played) - (after + loud[-1]) > QUIET_AFTER_S * rate:
+            return len(played)
+    raise TimeoutError(f"the speaker played no answer within {timeout_s} s")
+
+
+async def test_a_caller_on_the_computers_sound_card_talks_and_types_keys(
+    phone_server, media_url, whisper, tmp_path
+):
+    """`parley phone --mic`: the question comes from the microphone through PortAudio, the answer
+    reaches the speaker, a key typed on the keyboard is pressed, and `q` hangs up."""
+    env, rate, mic, speaker = sound_card(tmp_path)
+    question = QUESTIONS["saturday-open"]
+    mic.write_bytes(bytes(rate * 2) + speak(question["question"], rate))  # 1 s of quiet, then the question
+    parley = pathlib.Path(sys.executable).parent / "parley"
+    command = [str(parley), "phone", "--mic", "--url", media_url, "--auth-token", TOKEN]
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        answered = await wait_for_speaker_to_answer(speaker, rate, 0, ANSWER_TIMEOUT_S)
+        process.stdin.write(b"*\n")
+        menu_read = await wait_for_speaker_to_answer(speaker, rate, answered, ANSWER_TIMEOUT_S)
+        process.stdin.write(b"q\n")
+        await asyncio.wait_for(process.wait(), 15)
+        assert process.returncode == 0, (await process.stderr.read()).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    played = await asyncio.to_thread(speaker.read_bytes)
+    answer = whisper.transcribe_pcm16(resample_pcm16(played[: 2 * answered], rate, WHISPER_SAMPLE_RATE)).text
+    menu = whisper.transcribe_pcm16(
+        resample_pcm16(played[2 * answered : 2 * menu_read], rate, WHISPER_SAMPLE_RATE)
+    ).text
+    assert states_fact(answer, question), f"the speaker played {answer!r}"
+    assert "menu" in menu.lower(), f"after * the speaker played {menu!r}"
+    print(f"\nthe speaker played {answer!r}, then after * {menu!r}")
+    await wait_for_no_sessions(phone_server)
 
 
 async def test_talking_over_the_agent_makes_twilio_drop_its_audio(phone_server, media_url):

@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtmf", default=None, help="keys to press and when, in s from the start: '*@2,0@9'")
     p.add_argument("--keys", action="store_true", help="press keys typed on the keyboard (Enter sends them)")
     p.add_argument(
+        "--mic",
+        action="store_true",
+        help="a live call: talk into this computer's microphone, hear the agent on its speaker, "
+        "type keys to press them, q and Enter to hang up (needs PortAudio: libportaudio2)",
+    )
+    p.add_argument(
         "--quiet", type=float, default=3.0, help="hang up once the agent has been silent this long"
     )
     p.add_argument("--timeout", type=float, default=60.0, help="give up waiting for the agent after this")
