@@ -4,13 +4,16 @@
     python benchmarks/phone_accuracy.py
 
 Each question of benchmarks/questions.json is spoken by espeak-ng (tests.conftest.speak) and
-transcribed three ways:
+transcribed four ways:
 
-- `16k`: as /ws gets it from the web page;
+- `16k`: as /ws gets it from the web page, with the server's beam (PARLEY_STT_BEAM_SIZE);
 - `phone`: band-limited to 8 kHz as a phone's codec does, μ-law encoded and decoded, then
-  resampled to 16 kHz the way /twilio/media does (voice/narrowband.py, in 20 ms pieces);
-- `phone-pipecat`: the same, resampled to 16 kHz by pipecat's own soxr stream instead (what
-  Parley replaced, for its delay; this shows whether that costs any accuracy).
+  resampled to 16 kHz the way /twilio/media does (voice/narrowband.py, in 20 ms pieces), and
+  decoded with the beam the server uses on phone audio (PARLEY_STT_NARROWBAND_BEAM_SIZE);
+- `phone-greedy`: the same audio decoded with the 16 kHz path's beam (what the phone path did
+  before it had a beam of its own);
+- `phone-pipecat`: the `phone` way, resampled to 16 kHz by pipecat's own soxr stream instead
+  (what Parley replaced, for its delay; this shows whether that costs any accuracy).
 
 It prints each transcript that differs from the question, then the word accuracy of each way:
 1 - word error rate, over all the questions' words (lower case, punctuation and hyphens aside).
@@ -43,7 +46,7 @@ from voice.stt import WHISPER_SAMPLE_RATE, WhisperEngine  # noqa: E402
 QUESTIONS = json.loads((ROOT / "benchmarks" / "questions.json").read_text())
 PHONE_RATE = 8000
 FRAME_BYTES = PHONE_RATE // 50 * 2  # 20 ms at 8 kHz, what Twilio sends
-WAYS = ("16k", "phone", "phone-pipecat")
+WAYS = ("16k", "phone", "phone-greedy", "phone-pipecat")
 
 
 def words(text: str) -> list[str]:
@@ -83,32 +86,46 @@ async def main() -> int:
         Path(settings.knowledge_dir), settings.knowledge_db(), Embedder.load(models.ensure("minilm-l6-int8"))
     )
     whisper.vocabulary = retriever.vocabulary()  # as the server's Whisper has it
-    totals = {way: [0, 0] for way in WAYS}  # edits, reference words
+    beams = {
+        "16k": settings.stt_beam_size,
+        "phone": settings.stt_narrowband_beam_size,
+        "phone-greedy": settings.stt_beam_size,
+        "phone-pipecat": settings.stt_narrowband_beam_size,
+    }
+    totals = {way: [0, 0, []] for way in WAYS}  # edits, reference words, decode times (ms)
     start = time.monotonic()
     for q in QUESTIONS:
         reference = words(q["question"])
         pcm = speak(q["question"])
         line = phone_line(pcm)
+        phone = await upsampled(line, LowDelayResampler())
         audio = {
             "16k": pcm,
-            "phone": await upsampled(line, LowDelayResampler()),
+            "phone": phone,
+            "phone-greedy": phone,
             "phone-pipecat": await upsampled(line, SOXRStreamAudioResampler()),
         }
         for way in WAYS:
-            text = whisper.transcribe_pcm16(audio[way]).text
+            heard = whisper.transcribe_pcm16(audio[way], beams[way])
+            text = heard.text
             wrong = edits(reference, words(text))
             totals[way][0] += wrong
             totals[way][1] += len(reference)
+            totals[way][2].append(heard.elapsed_ms)
             if wrong:
                 print(f"{q['id']:<18} {way:<14} {text!r}")
     print(
         f"\n{len(QUESTIONS)} questions, {time.monotonic() - start:.0f} s, Whisper {whisper.name} "
-        f"({whisper.device}/{whisper.compute_type}, beam {whisper.beam_size}), with the knowledge base's vocabulary"
+        f"({whisper.device}/{whisper.compute_type}), with the knowledge base's vocabulary"
     )
-    print(f"{'way':<14} {'word accuracy':>13}  {'word errors':>11}")
+    print(f"{'way':<14} {'beam':>4} {'word accuracy':>13}  {'word errors':>11}  {'decode p50/p95 (ms)':>19}")
     for way in WAYS:
-        wrong, total = totals[way]
-        print(f"{way:<14} {100 * (1 - wrong / total):>12.1f}%  {wrong:>5} / {total}")
+        wrong, total, times = totals[way]
+        times = sorted(times)
+        p50, p95 = times[len(times) // 2], times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+        print(
+            f"{way:<14} {beams[way]:>4} {100 * (1 - wrong / total):>12.1f}%  {wrong:>5} / {total}  {p50:>9.0f} / {p95:.0f}"
+        )
     return 0
 
 

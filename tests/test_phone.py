@@ -53,6 +53,7 @@ from voice.transports.twilio import (
     decode_payload,
     parse_stream_message,
 )
+from voice.transports.websocket import ParleyWire
 from voice.transports.wire import WireHooks
 
 with warnings.catch_warnings():
@@ -507,6 +508,17 @@ def fake_session(**settings) -> tuple[Session, FakeWorker, FakeSocket]:
     session._worker = worker
     session._context = SimpleNamespace(get_messages=lambda: [])
     return session, worker, socket
+
+
+def test_telephone_audio_is_heard_with_the_wider_beam():
+    settings = Settings(stt_beam_size=1, stt_narrowband_beam_size=5)
+    engines = SimpleNamespace(tts=SimpleNamespace(sample_rate=22050))
+    phone = Session(TwilioWire(FakeSocket(), StreamStart(streamSid="MZ1", callSid="CA1")), engines, settings)
+    browser = Session(ParleyWire(FakeSocket(), 16000), engines, settings)
+    narrow_client = Session(ParleyWire(FakeSocket(), 8000), engines, settings)
+    assert phone._stt_beam_size() == 5
+    assert narrow_client._stt_beam_size() == 5, "8 kHz over /ws is the same telephone band"
+    assert browser._stt_beam_size() is None, "16 kHz keeps the engine's own (greedy) beam"
 
 
 async def settle(session: Session) -> None:

@@ -50,3 +50,17 @@ def test_sound_labels_and_loops_are_not_words():
     assert engine(FakeWhisper(" [coughing]", "")).transcribe_samples(SOUND).text == ""
     assert engine(FakeWhisper(" Thin Thin Thin Thin Thin Thin", "")).transcribe_samples(SOUND).text == ""
     assert engine(FakeWhisper(" (clears throat) Wait.", "")).transcribe_samples(SOUND).text == "Wait."
+
+
+def test_a_beam_asked_for_one_call_is_used_for_every_decode_of_it():
+    model = FakeWhisper(with_prompt=" E-bike service,", without_prompt=" Uh-huh.")  # decoded twice
+    beams: list[int] = []
+    recording = model.transcribe
+    model.transcribe = lambda samples, beam_size=None, **options: (
+        beams.append(beam_size),
+        recording(samples, **options),
+    )[1]
+    whisper = engine(model)
+    whisper.transcribe_samples(SOUND, beam_size=5)
+    whisper.transcribe_samples(SOUND)
+    assert beams == [5, 5, 1, 1], "the override for the call, then the engine's own"

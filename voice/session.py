@@ -66,6 +66,9 @@ INTERRUPT_SETTLE_TIMEOUT_S = 1.0
 # A cut-off answer can be resumed ("what were you saying?") for this many turns after it: enough
 # for a "hold on" and its reply, not so many that the old answer comes back out of the blue.
 RESUME_WINDOW_TURNS = 3
+# Audio at this rate or below carries only the telephone band (up to 4 kHz): Whisper needs a wider
+# beam to hear it well (Settings.stt_narrowband_beam_size).
+NARROWBAND_MAX_RATE = 8000
 # After a phone caller's `stop`, how long the far end's own close of the socket may take before
 # the session stops anyway: it comes within milliseconds; a second is ample.
 HANG_UP_CLOSE_GRACE_S = 1.0
@@ -127,6 +130,12 @@ class Session(TurnHooks):
         self._unsaid = ""  # the rest of the last cut-off answer, for "what were you saying?"
         self._unsaid_until_turn = 0
         self._prefill: PromptPrefill | None = None
+
+    def _stt_beam_size(self) -> int | None:
+        """A wider beam for telephone audio, where greedy decoding loses words; None: the default."""
+        if self._wire.input_sample_rate <= NARROWBAND_MAX_RATE:
+            return self._settings.stt_narrowband_beam_size
+        return None
 
     @property
     def output_sample_rate(self) -> int:
@@ -200,7 +209,7 @@ class Session(TurnHooks):
         pipeline = Pipeline(
             [
                 transport.input(),
-                WhisperSTTStage(e.stt, self.tracer, e.turn),
+                WhisperSTTStage(e.stt, self.tracer, e.turn, beam_size=self._stt_beam_size()),
                 user_turns,
                 UserTurnWatcher(self),
                 knowledge,

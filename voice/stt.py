@@ -113,15 +113,16 @@ class WhisperEngine:
         log.info("STT %s loaded on %s/%s in %.2fs", model, dev, ctype, time.monotonic() - start)
         return engine
 
-    def transcribe_samples(self, samples: np.ndarray) -> Transcript:
-        """Transcribe 16 kHz float32 mono samples."""
+    def transcribe_samples(self, samples: np.ndarray, beam_size: int | None = None) -> Transcript:
+        """Transcribe 16 kHz float32 mono samples; `beam_size` overrides the engine's own."""
         audio_ms = 1000.0 * len(samples) / WHISPER_SAMPLE_RATE
+        beam = beam_size or self.beam_size
         start = time.monotonic()
-        text = self._decode(samples, audio_ms, self.vocabulary)
+        text = self._decode(samples, audio_ms, self.vocabulary, beam)
         if self.vocabulary and self._copied_from_prompt(text):
             # On a short unclear sound ("uh huh") Whisper may just say a line of its prompt back
             # ("E-bike service,"): heard again without the prompt, it is what it was.
-            text = self._decode(samples, audio_ms, None)
+            text = self._decode(samples, audio_ms, None, beam)
         return Transcript(text, audio_ms, 1000.0 * (time.monotonic() - start))
 
     def _copied_from_prompt(self, text: str) -> bool:
@@ -129,12 +130,12 @@ class WhisperEngine:
         prompt = " ".join(re.findall(r"[a-z0-9']+", (self.vocabulary or "").lower()))
         return 0 < len(words) <= PROMPT_ECHO_MAX_WORDS and f" {' '.join(words)} " in f" {prompt} "
 
-    def _decode(self, samples: np.ndarray, audio_ms: float, prompt: str | None) -> str:
+    def _decode(self, samples: np.ndarray, audio_ms: float, prompt: str | None, beam_size: int) -> str:
         with self._lock:
             segments, _info = self._model.transcribe(
                 samples,
                 language=self.language,
-                beam_size=self.beam_size,
+                beam_size=beam_size,
                 # Turns are independent utterances: conditioning on a previous one only invites loops.
                 condition_on_previous_text=False,
                 no_speech_threshold=NO_SPEECH_THRESHOLD,
@@ -158,13 +159,13 @@ class WhisperEngine:
             text = ""  # punctuation alone ("...") is what Whisper writes for a breath or a click
         return text
 
-    def transcribe_pcm16(self, pcm: bytes) -> Transcript:
+    def transcribe_pcm16(self, pcm: bytes, beam_size: int | None = None) -> Transcript:
         """Transcribe 16 kHz s16le bytes."""
-        return self.transcribe_samples(pcm16_to_float(pcm))
+        return self.transcribe_samples(pcm16_to_float(pcm), beam_size)
 
-    async def transcribe(self, pcm: bytes) -> Transcript:
+    async def transcribe(self, pcm: bytes, beam_size: int | None = None) -> Transcript:
         """Transcribe 16 kHz s16le bytes off the event loop."""
-        return await asyncio.to_thread(self.transcribe_pcm16, pcm)
+        return await asyncio.to_thread(self.transcribe_pcm16, pcm, beam_size)
 
 
 # --- the pipeline stage -------------------------------------------------------------------------
@@ -178,7 +179,12 @@ class WhisperSTTStage(SegmentedSTTService):
     """
 
     def __init__(
-        self, engine: WhisperEngine, tracer: TurnTracer, turn_model: SmartTurnEngine | None = None, **kwargs
+        self,
+        engine: WhisperEngine,
+        tracer: TurnTracer,
+        turn_model: SmartTurnEngine | None = None,
+        beam_size: int | None = None,
+        **kwargs,
     ):
         super().__init__(
             sample_rate=WHISPER_SAMPLE_RATE,
@@ -187,6 +193,7 @@ class WhisperSTTStage(SegmentedSTTService):
             **kwargs,
         )
         self._engine = engine
+        self._beam_size = beam_size  # None: the engine's own (a phone call asks for a wider beam)
         self._tracer = tracer
         self._turn_model = turn_model
         self._recent: deque[tuple[float, bytes]] = deque()  # (ended at, audio) of recent segments
@@ -209,7 +216,7 @@ class WhisperSTTStage(SegmentedSTTService):
     async def run_stt(self, audio: bytes):
         self._tracer.mark_pending(Moment.STT_START)
         text = ""
-        transcription = asyncio.ensure_future(self._engine.transcribe(audio))
+        transcription = asyncio.ensure_future(self._engine.transcribe(audio, self._beam_size))
         if self._turn_model is not None:
             # While Whisper works: does the speech so far sound finished? Its verdict sets how long
             # the end-of-turn strategy waits, so it goes out first.

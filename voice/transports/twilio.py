@@ -327,6 +327,7 @@ class TwilioWire(Wire):
     held or cut off becomes `clear` and an answer's end a `mark`; the rest are only logged."""
 
     kind = "phone"
+    input_sample_rate = TWILIO_SAMPLE_RATE
 
     def __init__(self, websocket: WebSocket, start: StreamStart):
         super().__init__(websocket)

@@ -143,12 +143,12 @@ class ParleyWire(Wire):
 
     def __init__(self, websocket: WebSocket, input_sample_rate: int):
         super().__init__(websocket)
-        self._input_rate = input_sample_rate
+        self.input_sample_rate = input_sample_rate
         self._send_lock = asyncio.Lock()
 
     def serializer(self, hooks: WireHooks) -> ParleyWireSerializer:
         return ParleyWireSerializer(
-            self._input_rate,
+            self.input_sample_rate,
             on_error=hooks.on_error,
             on_text=hooks.on_text,
             on_audio_sent=hooks.on_audio_sent,

@@ -65,6 +65,7 @@ class Wire(ABC):
     the delivery of the session's protocol events."""
 
     kind: str  # for logs and metrics: "ws" or "phone"
+    input_sample_rate: int  # the caller's audio as it arrives, before it is resampled for the VAD and STT
 
     def __init__(self, websocket: WebSocket):
         self.websocket = websocket
