@@ -25,6 +25,7 @@ import hmac
 import json
 import re
 import sys
+import threading
 import time
 import uuid
 import wave
@@ -468,37 +469,73 @@ async def call(
 
 async def call_from_microphone(url: str, auth_token: str | None = None) -> PhoneCall:
     """A live call: this computer's microphone and speaker are the handset, keys typed on the
-    keyboard are pressed, and it lasts until `q` (or the end of input) or the server hangs up."""
-    from clients.sound import Microphone, Speaker
+    keyboard are pressed, and it lasts until `q` (or the end of input), the server hanging up, or
+    a sound device failing (raised as SoundUnavailable)."""
+    from clients.sound import Microphone, SoundUnavailable, Speaker
 
-    microphone, speaker = Microphone(), Speaker()  # fail here, before dialling, if there is no sound card
-    call_sid = new_call_sid()
-    parameters = await ring(url, auth_token, call_sid) if auth_token else {}
-    microphone.start()
-    speaker.start()
+    devices = []
     try:
+        devices.append(Microphone())  # opened before dialling: no sound card, no call
+        devices.append(Speaker())
+        call_sid = new_call_sid()
+        parameters = await ring(url, auth_token, call_sid) if auth_token else {}
+        microphone, speaker = devices
         async with PhoneCall(
             url, custom_parameters=parameters, call_sid=call_sid, microphone=microphone, speaker=speaker
         ) as phone:
+            loop, failed = asyncio.get_running_loop(), asyncio.Event()
+            for device in devices:  # once the line is open, so no speech piles up before it
+                device.on_error = lambda: loop.call_soon_threadsafe(failed.set)
+                device.start()
             print("on the line: talk to the agent", file=sys.stderr)
-            keys = asyncio.create_task(_keys_from_stdin(phone))
-            closed = asyncio.create_task(phone.wait_closed())
-            await asyncio.wait([keys, closed], return_when=asyncio.FIRST_COMPLETED)
-            if closed.done():
-                print("the other end hung up", file=sys.stderr)
-            for task in (keys, closed):
+            ended = {
+                asyncio.create_task(_keys_from_stdin(phone)): None,
+                asyncio.create_task(phone.wait_closed()): "the other end hung up",
+                asyncio.create_task(failed.wait()): None,
+            }
+            done, _ = await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
+            for task in ended:
                 task.cancel()
+            for task in done:
+                if ended[task]:
+                    print(ended[task], file=sys.stderr)
+            if failed := next((d.error for d in devices if d.error), None):
+                raise SoundUnavailable(f"the sound device failed during the call: {failed}")
     finally:
-        microphone.stop()
-        speaker.stop()
+        for device in devices:
+            device.stop()
+    if microphone.overflows or speaker.dropped_ms:
+        print(
+            f"the sound card lost audio: {microphone.overflows} microphone overflows, "
+            f"{speaker.dropped_ms:.0f} ms of the agent dropped",
+            file=sys.stderr,
+        )
     return phone
+
+
+def _stdin_lines() -> asyncio.Queue[str]:
+    """Lines typed on the keyboard ("" at the end of input), read by a daemon thread: a blocked
+    read must not keep the program alive once the call is over."""
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def read() -> None:
+        while True:
+            line = sys.stdin.readline()
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the call is over
+                loop.call_soon_threadsafe(lines.put_nowait, line)
+            if not line:
+                return
+
+    threading.Thread(target=read, name="parley-keyboard", daemon=True).start()
+    return lines
 
 
 async def _keys_from_stdin(phone: PhoneCall) -> None:
     print("keypad: type keys (0-9 * #) and Enter to press them; q and Enter to hang up", file=sys.stderr)
-    loop = asyncio.get_running_loop()
+    lines = _stdin_lines()
     while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
+        line = await lines.get()
         if not line or line.strip().lower() == "q":
             return
         for key in line.strip():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import soxr
@@ -31,6 +32,9 @@ SPEAKER_BACKLOG_FRAMES = 25
 DEVICE_LATENCY = "low"
 # How often a blocked thread looks up to see whether the call has ended.
 POLL_S = 0.1
+# How long stopping waits for a device thread: a read or write returns within one 20 ms block,
+# so a thread still busy after this is stuck in the driver, and its stream is left to the OS.
+STOP_WAIT_S = 2.0
 
 
 class SoundUnavailable(RuntimeError):
@@ -62,10 +66,49 @@ def _device_rate(sd, kind: str) -> int:
     return int(info["default_samplerate"])
 
 
-class Microphone:
+class _DeviceThread:
+    """A PortAudio stream served by a thread of its own. A device that fails mid-call (unplugged)
+    leaves its error in `error` rather than dying silently."""
+
+    _stream = None
+    _thread: threading.Thread
+
+    def __init__(self) -> None:
+        self._stopping = threading.Event()
+        self.error: Exception | None = None
+        self.on_error: Callable[[], None] | None = None  # called from the device's thread
+
+    def start(self) -> None:
+        try:
+            self._stream.start()
+        except Exception as exc:  # noqa: BLE001 - PortAudio's errors, whatever the host API
+            raise SoundUnavailable(f"cannot start the sound device: {exc}") from exc
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=STOP_WAIT_S)
+        if self._thread.is_alive():
+            return  # never close a stream another thread is still inside
+        with contextlib.suppress(Exception):  # the device may already be gone (unplugged)
+            self._stream.stop()
+            self._stream.close()
+
+    def _serve(self, work) -> None:
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001 - reported to the call through `error`
+            self.error = exc
+            if self.on_error is not None:
+                self.on_error()
+
+
+class Microphone(_DeviceThread):
     """The default input device, read in a thread; `frame()` gives the next 20 ms, or None."""
 
     def __init__(self) -> None:
+        super().__init__()
         sd = _sounddevice()
         self.device_rate = _device_rate(sd, "input")
         self._block = self.device_rate // 50  # read 20 ms at a time
@@ -80,13 +123,10 @@ class Microphone:
         except sd.PortAudioError as exc:
             raise SoundUnavailable(f"cannot open the microphone: {exc}") from exc
         self._frames: queue.Queue[bytes] = queue.Queue(maxsize=MIC_BACKLOG_FRAMES)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="parley-microphone", daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, args=(self._run,), name="parley-microphone", daemon=True
+        )
         self.overflows = 0  # times the sound card had to drop input because we read too late
-
-    def start(self) -> None:
-        self._stream.start()
-        self._thread.start()
 
     def frame(self) -> bytes | None:
         """The next 20 ms of the caller (8 kHz s16le), or None when none is ready yet."""
@@ -94,13 +134,6 @@ class Microphone:
             return self._frames.get_nowait()
         except queue.Empty:
             return None
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(timeout=2)
-        with contextlib.suppress(Exception):  # the device may already be gone (unplugged)
-            self._stream.stop()
-            self._stream.close()
 
     def _run(self) -> None:
         resampler = soxr.ResampleStream(self.device_rate, RATE, 1, dtype="int16")
@@ -120,10 +153,11 @@ class Microphone:
                         continue
 
 
-class Speaker:
+class Speaker(_DeviceThread):
     """The default output device, written in a thread; `play()` hands it 8 kHz s16le."""
 
     def __init__(self) -> None:
+        super().__init__()
         sd = _sounddevice()
         self.device_rate = _device_rate(sd, "output")
         try:
@@ -133,13 +167,10 @@ class Speaker:
         except sd.PortAudioError as exc:
             raise SoundUnavailable(f"cannot open the speaker: {exc}") from exc
         self._chunks: queue.Queue[bytes] = queue.Queue(maxsize=SPEAKER_BACKLOG_FRAMES)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="parley-speaker", daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, args=(self._run,), name="parley-speaker", daemon=True
+        )
         self.dropped_ms = 0.0  # agent audio the device could not take in time
-
-    def start(self) -> None:
-        self._stream.start()
-        self._thread.start()
 
     def play(self, pcm8k: bytes) -> None:
         """Queue audio for the device; called every 20 ms, with silence when the agent is quiet."""
@@ -147,13 +178,6 @@ class Speaker:
             self._chunks.put_nowait(pcm8k)
         except queue.Full:
             self.dropped_ms += 1000 * len(pcm8k) / 2 / RATE
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(timeout=2)
-        with contextlib.suppress(Exception):
-            self._stream.stop()
-            self._stream.close()
 
     def _run(self) -> None:
         resampler = soxr.ResampleStream(RATE, self.device_rate, 1, dtype="int16")

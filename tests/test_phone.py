@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -30,8 +31,9 @@ from pipecat.frames.frames import (
 )
 from starlette.websockets import WebSocketState
 
-from clients.phone import PhoneCall, parse_dtmf, ulaw_decode, ulaw_encode
+from clients.phone import PhoneCall, call_from_microphone, parse_dtmf, ulaw_decode, ulaw_encode
 from clients.phone import main as phone_main
+from clients.sound import SoundUnavailable
 from voice import protocol
 from voice.config import DEFAULT_DTMF_REPLIES, Settings
 from voice.narrowband import LowDelayResampler
@@ -670,3 +672,109 @@ def test_a_microphone_call_without_portaudio_says_what_to_install(monkeypatch, c
 def test_a_microphone_call_is_live_so_a_wav_question_is_refused(capsys):
     assert phone_main(_phone_args(mic=True, wav="question.wav")) == 2
     assert "--mic is a live call" in capsys.readouterr().err
+
+
+# --- `parley phone --mic`, with fake sound devices -------------------------------------------------
+
+
+class FakeDevice:
+    overflows = 0
+    dropped_ms = 0.0
+
+    def __init__(self):
+        self.error: Exception | None = None
+        self.on_error = None
+        self.started = self.stopped = False
+
+    def start(self):
+        self.started = True
+
+    def stop(self):
+        self.stopped = True
+
+    def fail(self, error: Exception):
+        self.error = error
+        self.on_error()
+
+
+class FakeMicrophone(FakeDevice):
+    LOUD = (8000 * np.sin(np.arange(160) / 2)).astype("<i2").tobytes()
+
+    def frame(self):
+        return self.LOUD
+
+
+class FakeSpeaker(FakeDevice):
+    def __init__(self):
+        super().__init__()
+        self.played: list[bytes] = []
+
+    def play(self, pcm):
+        self.played.append(pcm)
+
+
+@pytest.fixture
+def sound_card(monkeypatch):
+    """Fake devices in place of PortAudio's, and a keyboard nobody types on."""
+    import clients.sound
+
+    made: dict[str, FakeDevice] = {}
+    monkeypatch.setattr(clients.sound, "Microphone", lambda: made.setdefault("mic", FakeMicrophone()))
+    monkeypatch.setattr(clients.sound, "Speaker", lambda: made.setdefault("speaker", FakeSpeaker()))
+    read_end, write_end = os.pipe()
+    keyboard = os.fdopen(read_end)
+    monkeypatch.setattr(sys, "stdin", keyboard)
+    yield made
+    os.close(write_end)  # the keyboard thread sees the end of input and finishes
+
+
+async def test_a_live_call_ends_when_the_other_end_hangs_up_though_no_key_was_typed(sound_card):
+    async def hang_up_soon(ws, received):
+        await asyncio.sleep(0.5)
+        await ws.close()
+
+    server, url, received = await fake_parley(hang_up_soon)
+    async with server:
+        # The whole command, event loop included: a thread still blocked on the keyboard would keep
+        # it from returning (a timeout here, not a hung suite).
+        done = asyncio.to_thread(phone_main, _phone_args(mic=True, url=url))
+        assert await asyncio.wait_for(done, timeout=10) == 0
+    mic, speaker = sound_card["mic"], sound_card["speaker"]
+    assert mic.started and mic.stopped and speaker.started and speaker.stopped
+    sent = [ulaw_decode(base64.b64decode(m["media"]["payload"])) for m in received if m["event"] == "media"]
+    assert sent and all(np.abs(np.frombuffer(pcm, "<i2")).max() > 4000 for pcm in sent), (
+        "the microphone went out"
+    )
+    assert speaker.played and all(len(pcm) == 320 for pcm in speaker.played), "20 ms to the speaker each tick"
+
+
+async def test_a_sound_device_failing_mid_call_ends_it_and_says_so(sound_card):
+    async def listen(ws, received):
+        await ws.wait_closed()
+
+    server, url, _received = await fake_parley(listen)
+
+    async def unplug_soon():
+        await asyncio.sleep(0.5)
+        sound_card["mic"].fail(OSError("device unavailable"))
+
+    async with server:
+        unplugging = asyncio.create_task(unplug_soon())
+        with pytest.raises(SoundUnavailable, match="failed during the call: device unavailable"):
+            await asyncio.wait_for(call_from_microphone(url), timeout=10)
+        await unplugging
+    assert sound_card["mic"].stopped and sound_card["speaker"].stopped
+
+
+def test_a_microphone_call_without_the_portaudio_library_says_what_to_install(monkeypatch, capsys):
+    real_import = __import__
+
+    def no_portaudio(name, *args, **kwargs):
+        if name == "sounddevice":
+            raise OSError("PortAudio library not found")  # what sounddevice raises without it
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
+    monkeypatch.setattr("builtins.__import__", no_portaudio)
+    assert phone_main(_phone_args(mic=True)) == 2
+    assert "apt-get install libportaudio2" in capsys.readouterr().err

@@ -111,8 +111,12 @@ pcm.!default {{ type asym capture.pcm "mic" playback.pcm "speaker" }}
 pcm.mic {{ type file slave.pcm "null" file "/dev/null" infile "{mic}" format "raw" }}
 pcm.speaker {{ type file slave.pcm "null" file "{speaker}" format "raw" }}
 """
-QUIET_AFTER_S = 3.0  # the agent has finished once its speaker has been silent this long
+# The agent has finished once its speaker has been silent this long: longer than the pause between
+# two of its sentences on a busy 2-core machine.
+QUIET_AFTER_S = 4.0
 LOUD = 500  # a sample above this (of 32767) is the agent speaking, not silence
+SPEAKER_POLL_S = 0.5  # how often the test looks at what the speaker has played
+HANG_UP_WITHIN_S = 15  # `q` typed → the command has exited, even on a loaded machine
 
 
 def sound_card(home) -> tuple[dict[str, str], int, pathlib.Path, pathlib.Path]:
@@ -121,13 +125,14 @@ def sound_card(home) -> tuple[dict[str, str], int, pathlib.Path, pathlib.Path]:
     mic, speaker = home / "mic.raw", home / "speaker.raw"
     (home / ".asoundrc").write_text(ASOUNDRC.format(mic=mic, speaker=speaker))
     env = {**os.environ, "HOME": str(home)}
-    probe = "import sounddevice as sd; print(int(sd.query_devices(kind='input')['default_samplerate']))"
-    rate = int(
-        subprocess.run(
-            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
-        ).stdout
+    probe = (
+        "import sounddevice as sd; "
+        "print(*(int(sd.query_devices(kind=k)['default_samplerate']) for k in ('input', 'output')))"
     )
-    return env, rate, mic, speaker
+    found = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    input_rate, output_rate = map(int, found.stdout.split())
+    assert input_rate == output_rate, "the test reads both files at one rate"
+    return env, input_rate, mic, speaker
 
 
 def read_if_there(path: pathlib.Path) -> bytes:
@@ -139,7 +144,7 @@ async def wait_for_speaker_to_answer(speaker: pathlib.Path, rate: int, after: in
     QUIET_AFTER_S, return where its audio now ends (in samples)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(SPEAKER_POLL_S)
         played = np.frombuffer(await asyncio.to_thread(read_if_there, speaker), dtype="<i2")
         loud = np.flatnonzero(np.abs(played[after:].astype(np.int32)) > LOUD)
         if loud.size and len(played) - (after + loud[-1]) > QUIET_AFTER_S * rate:
@@ -157,16 +162,18 @@ async def test_a_caller_on_the_computers_sound_card_talks_and_types_keys(
     mic.write_bytes(bytes(rate * 2) + speak(question["question"], rate))  # 1 s of quiet, then the question
     parley = pathlib.Path(sys.executable).parent / "parley"
     command = [str(parley), "phone", "--mic", "--url", media_url, "--auth-token", TOKEN]
-    process = await asyncio.create_subprocess_exec(
-        *command, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    log = tmp_path / "phone.log"  # a file, not a pipe: nothing the command prints can block it
+    with log.open("wb") as output:
+        process = await asyncio.create_subprocess_exec(
+            *command, env=env, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT
+        )
     try:
         answered = await wait_for_speaker_to_answer(speaker, rate, 0, ANSWER_TIMEOUT_S)
         process.stdin.write(b"*\n")
         menu_read = await wait_for_speaker_to_answer(speaker, rate, answered, ANSWER_TIMEOUT_S)
         process.stdin.write(b"q\n")
-        await asyncio.wait_for(process.wait(), 15)
-        assert process.returncode == 0, (await process.stderr.read()).decode()
+        await asyncio.wait_for(process.wait(), HANG_UP_WITHIN_S)
+        assert process.returncode == 0, log.read_text()
     finally:
         if process.returncode is None:
             process.kill()

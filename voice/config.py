@@ -75,10 +75,11 @@ class Settings(BaseSettings):
     )
     stt_narrowband_beam_size: int = Field(
         5,
+        ge=1,
         description="Beam width for telephone audio (8 kHz, phone calls or an 8 kHz /ws client). On the "
         "24 spoken questions sent as 8 kHz μ-law (benchmarks/phone_accuracy.py), whisper base heard "
-        "81% of the words with beam 5 and 70% greedy, for ~100 ms more per turn on 2 cores; on 16 kHz "
-        "audio beam 5 gained nothing.",
+        "80% of the words with beam 5 and 73% greedy, for ~180 ms more decode per turn on 2 cores; on "
+        "16 kHz audio beam 5 gained nothing.",
     )
     stt_language: str = Field("en", description="Fixed language skips Whisper's language detection pass.")
     stt_threads: int = Field(2, description="CPU threads for one transcription: the whole of a 2-core box.")
