@@ -78,7 +78,8 @@ class Settings(BaseSettings):
         ge=1,
         description="Beam width for telephone audio (8 kHz, phone calls or an 8 kHz /ws client). On the "
         "24 spoken questions sent as 8 kHz μ-law (benchmarks/phone_accuracy.py), whisper base heard "
-        "80% of the words with beam 5 and 73% greedy, for ~180 ms more decode per turn on 2 cores; on "
+        "80% of the words with beam 5 and 71-73% greedy (beam 2: 77%, beam 3: 77%), for 50-180 ms more "
+        "decode per turn on 2 cores (median, in three runs); on "
         "16 kHz audio beam 5 gained nothing.",
     )
     stt_language: str = Field("en", description="Fixed language skips Whisper's language detection pass.")
