@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import time
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from typing import Annotated, Literal
 
 from fastapi import WebSocket
+from pipecat.audio.utils import ulaw_to_pcm
 from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
@@ -37,7 +37,6 @@ from pipecat.frames.frames import (
 )
 from pipecat.serializers.twilio import TwilioFrameSerializer
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from starlette.websockets import WebSocketState
 
 from voice import protocol
 from voice.audio import StreamResampler
@@ -283,7 +282,7 @@ class TwilioWireSerializer(TwilioFrameSerializer):
             if self._stopped:
                 return None  # the call is over; Twilio closes the socket next
             if isinstance(message, Media):
-                return await self._media(message, data)
+                return await self._media(message)
             if isinstance(message, Dtmf):
                 if len(message.dtmf.digit) != 1 or message.dtmf.digit not in DTMF_KEYS:
                     raise ProtocolError(
@@ -309,17 +308,22 @@ class TwilioWireSerializer(TwilioFrameSerializer):
             )
             return None
 
-    async def _media(self, message: Media, raw: str | bytes) -> InputAudioRawFrame | None:
+    async def _media(self, message: Media) -> InputAudioRawFrame | None:
         if message.media.track != "inbound":
             return None  # only the caller's side is heard
-        if not decode_payload(message.media.payload):
-            return None
-        frame = await super().deserialize(raw)  # μ-law at 8 kHz → PCM at 16 kHz
-        if not isinstance(frame, InputAudioRawFrame):
+        ulaw = decode_payload(message.media.payload)
+        # μ-law at 8 kHz → PCM at 16 kHz, as pipecat's own deserialize does, without parsing the
+        # message and its base64 a second time.
+        audio = (
+            await ulaw_to_pcm(ulaw, TWILIO_SAMPLE_RATE, WHISPER_SAMPLE_RATE, self._input_resampler)
+            if ulaw
+            else b""
+        )
+        if not audio:
             return None
         if self._echo is not None:
-            frame.audio = self._echo.filter(frame.audio, time.monotonic_ns())
-        return frame
+            audio = self._echo.filter(audio, time.monotonic_ns())
+        return InputAudioRawFrame(audio=audio, num_channels=1, sample_rate=WHISPER_SAMPLE_RATE)
 
 
 class TwilioWire(Wire):
@@ -334,7 +338,6 @@ class TwilioWire(Wire):
         self.start = start
         self._marks = MarkBook()
         self._hooks: WireHooks | None = None
-        self._send_lock = asyncio.Lock()
 
     def serializer(self, hooks: WireHooks) -> TwilioWireSerializer:
         self._hooks = hooks
@@ -345,14 +348,14 @@ class TwilioWire(Wire):
         if isinstance(event, protocol.AgentPaused | protocol.AgentInterrupted):
             # The caller talks over the agent: Twilio drops what it still holds of the answer.
             self._marks.clear()
-            await self._send(clear_message(sid))
+            await self.send_text(clear_message(sid))
             if isinstance(event, protocol.AgentInterrupted):
                 log.info(
                     "stream %s turn %d: cut off; the caller heard %r", sid, event.turn_id, event.heard_text
                 )
         elif isinstance(event, protocol.AgentAudioDone) and self._hooks is not None:
             turn_id, sent_ms = self._hooks.playback_position()
-            await self._send(mark_message(sid, self._marks.add(turn_id, sent_ms)))
+            await self.send_text(mark_message(sid, self._marks.add(turn_id, sent_ms)))
         elif isinstance(event, protocol.SessionReady):
             log.info(
                 "call %s (stream %s) answered by session %s; custom parameters: %s",
@@ -364,13 +367,6 @@ class TwilioWire(Wire):
         if not isinstance(event, protocol.SessionReady):
             # Twilio has no message for the rest: the log keeps them (errors are logged by the session).
             log.debug("stream %s: %s", sid, event.model_dump_json())
-
-    async def _send(self, text: str) -> None:
-        if self.websocket.client_state != WebSocketState.CONNECTED:
-            return
-        async with self._send_lock:
-            with contextlib.suppress(RuntimeError, OSError):
-                await self.websocket.send_text(text)
 
 
 async def await_stream_start(

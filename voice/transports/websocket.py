@@ -8,8 +8,6 @@ raise: one bad message must not end the session.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +23,6 @@ from pipecat.frames.frames import (
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 from pydantic import BaseModel
-from starlette.websockets import WebSocketState
 
 from voice import protocol
 from voice.audio import StreamResampler
@@ -144,7 +141,6 @@ class ParleyWire(Wire):
     def __init__(self, websocket: WebSocket, input_sample_rate: int):
         super().__init__(websocket)
         self.input_sample_rate = input_sample_rate
-        self._send_lock = asyncio.Lock()
 
     def serializer(self, hooks: WireHooks) -> ParleyWireSerializer:
         return ParleyWireSerializer(
@@ -159,12 +155,7 @@ class ParleyWire(Wire):
         )
 
     async def send(self, event: BaseModel) -> None:
-        if self.websocket.client_state != WebSocketState.CONNECTED:
-            return
-        async with self._send_lock:
-            # A client that went away is handled by the transport's disconnect handler.
-            with contextlib.suppress(RuntimeError, OSError):
-                await self.websocket.send_text(protocol.json_dumps(event.model_dump()))
+        await self.send_text(protocol.json_dumps(event.model_dump()))
 
 
 def make_transport(websocket: WebSocket, serializer: FrameSerializer, output_rate: int):

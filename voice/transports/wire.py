@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from fastapi import WebSocket
 from pipecat.serializers.base_serializer import FrameSerializer
 from pydantic import BaseModel
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from voice.echo import EchoGuard
 from voice.protocol import ProtocolError
@@ -69,6 +69,7 @@ class Wire(ABC):
 
     def __init__(self, websocket: WebSocket):
         self.websocket = websocket
+        self._send_lock = asyncio.Lock()
 
     @abstractmethod
     def serializer(self, hooks: WireHooks) -> FrameSerializer:
@@ -77,6 +78,15 @@ class Wire(ABC):
     @abstractmethod
     async def send(self, event: BaseModel) -> None:
         """Deliver one protocol event (voice/protocol.py) now, ahead of queued audio."""
+
+    async def send_text(self, text: str) -> None:
+        """One text message to the client, unless it has gone (the transport's disconnect handler
+        ends the session then)."""
+        if self.websocket.client_state != WebSocketState.CONNECTED:
+            return
+        async with self._send_lock:
+            with contextlib.suppress(RuntimeError, OSError):
+                await self.websocket.send_text(text)
 
     async def close(self, code: int, reason: str) -> None:
         with contextlib.suppress(RuntimeError, OSError):
