@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shlex
@@ -44,12 +43,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.baseline_server import start_baseline, stop_baseline  # noqa: E402
 from benchmarks.report import PARLEY, headline_table, summarize, write_report  # noqa: E402
-from benchmarks.turn_latency import memory  # noqa: E402
+from benchmarks.turn_latency import QUESTIONS, memory, states_fact  # noqa: E402
 from clients.talk import talk  # noqa: E402
 from tests.conftest import speak, start_server, stop_server  # noqa: E402
 
 BASELINE = "baseline"
-QUESTIONS = json.loads((ROOT / "benchmarks" / "questions.json").read_text())
 DEFAULT_CONCURRENCY = "1,2,4"
 # Measured turns per concurrency level and system: 8 × 3 levels uses each of the 24 questions once,
 # and the whole run (both systems, start-up included) takes about 8 minutes on 2 cores.
@@ -98,10 +96,6 @@ def plan(levels: list[int], turns: int) -> dict[int, list[list[dict]]]:
     return plans
 
 
-def correct(answer: str, question: dict) -> bool:
-    return any(e in answer.lower() for e in question["expect_any"])
-
-
 class Bench:
     def __init__(self, urls: dict[str, str], audio: dict[str, bytes], progress):
         self.urls = urls
@@ -129,7 +123,7 @@ class Bench:
                 client_v2v_ms=result.client_voice_to_voice_ms,
                 transcript=result.transcript,
                 answer=result.agent_text,
-                correct=correct(result.agent_text, question),
+                correct=states_fact(result.agent_text, question),
                 stages_ms=traces[-1]["stages_ms"] if traces else {},
             )
         except Exception as exc:  # noqa: BLE001 - a failed turn is a result: it counts as no answer

@@ -22,7 +22,6 @@ It prints each transcript that differs from the question, then the word accuracy
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import sys
 import time
@@ -35,6 +34,7 @@ from pipecat.audio.resamplers.soxr_stream_resampler import SOXRStreamAudioResamp
 
 from agents.rag.embed import Embedder  # noqa: E402
 from agents.rag.retrieve import open_knowledge  # noqa: E402
+from benchmarks.turn_latency import QUESTIONS, pct  # noqa: E402
 from clients.phone import ulaw_decode, ulaw_encode  # noqa: E402
 from tests.conftest import speak  # noqa: E402
 from voice import models  # noqa: E402
@@ -43,7 +43,6 @@ from voice.config import Settings  # noqa: E402
 from voice.narrowband import LowDelayResampler  # noqa: E402
 from voice.stt import WHISPER_SAMPLE_RATE, WhisperEngine  # noqa: E402
 
-QUESTIONS = json.loads((ROOT / "benchmarks" / "questions.json").read_text())
 PHONE_RATE = 8000
 FRAME_BYTES = PHONE_RATE // 50 * 2  # 20 ms at 8 kHz, what Twilio sends
 WAYS = ("16k", "phone", "phone-greedy", "phone-pipecat")
@@ -121,8 +120,7 @@ async def main() -> int:
     print(f"{'way':<14} {'beam':>4} {'word accuracy':>13}  {'word errors':>11}  {'decode p50/p95 (ms)':>19}")
     for way in WAYS:
         wrong, total, times = totals[way]
-        times = sorted(times)
-        p50, p95 = times[len(times) // 2], times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+        p50, p95 = pct(times, 0.5), pct(times, 0.95)
         print(
             f"{way:<14} {beams[way]:>4} {100 * (1 - wrong / total):>12.1f}%  {wrong:>5} / {total}  {p50:>9.0f} / {p95:.0f}"
         )

@@ -50,14 +50,14 @@ const ENCODE = new Uint8Array(65536).map((_, i) => encodeSample(i - 32768));
 const DECODE = Int16Array.from({ length: 256 }, (_, i) => decodeByte(i));
 
 /** Signed 16-bit samples (any array of integers) → μ-law bytes. */
-export function ulawEncode(pcm) {
+function ulawEncode(pcm) {
   const out = new Uint8Array(pcm.length);
   for (let i = 0; i < pcm.length; i++) out[i] = ENCODE[pcm[i] + 32768];
   return out;
 }
 
 /** μ-law bytes → signed 16-bit samples. */
-export function ulawDecode(bytes) {
+function ulawDecode(bytes) {
   const out = new Int16Array(bytes.length);
   for (let i = 0; i < bytes.length; i++) out[i] = DECODE[bytes[i]];
   return out;
@@ -72,7 +72,7 @@ function toPcm16(sample) {
 
 /** The microphone (the AudioContext's rate) down to 8 kHz: a windowed-sinc low-pass, then linear
  * interpolation at the 8 kHz instants, one render quantum at a time. */
-export class Downsampler {
+class Downsampler {
   constructor(fromRate) {
     this.step = fromRate / LINE_RATE;
     const fc = MIC_CUTOFF_HZ / fromRate;
@@ -118,7 +118,7 @@ export class Downsampler {
 
 /** The agent's 8 kHz audio up to the AudioContext's rate, by linear interpolation (the line's
  * own band stays as it is: nothing above 4 kHz is added back). */
-export class Upsampler {
+class Upsampler {
   constructor(toRate) {
     this.step = LINE_RATE / toRate;
     this.reset();
