@@ -1,8 +1,8 @@
-"""What the LLM is told: a stable system prompt, and per turn the passages retrieved for the
+"""What the LLM is told: a stable system prompt, and per turn the facts retrieved for the
 user's words.
 
 Cache-friendly by construction: the system prompt never changes within a process, and each
-turn only *appends* to the conversation (the passages ride in the user's message, and a passage
+turn only *appends* to the conversation (the facts ride in the user's message, and a fact
 already given earlier in the conversation is not repeated). The embedded llama.cpp then reuses
 its KV cache for everything before the new message and prefills only the new tokens.
 """
@@ -17,7 +17,13 @@ import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
 
-from pipecat.frames.frames import Frame, LLMContextFrame
+from pipecat.frames.frames import (
+    Frame,
+    LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+)
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from agents.rag.retrieve import Hit, Retriever, format_context
@@ -29,32 +35,86 @@ log = logging.getLogger(__name__)
 # ("No lists, no markdown."), and answers better when told where the facts are.
 SYSTEM_PROMPT = (
     "You answer the phone for the business in the facts below each caller message. "
-    "Reply in one or two short spoken sentences using only those facts. "
-    "If the facts do not answer the question, say you are not sure."
+    "Answer the question first, in one or two short spoken sentences, using only those facts. "
+    "If the facts do not answer the question, say you don't have that information."
 )
-FACTS_HEADER = "Facts from the knowledge base:"
+FACTS_HEADER = "Facts:"
 NO_NEW_FACTS = "(No new facts: use the ones given earlier in this conversation.)"
+NO_FACTS = "(None: the knowledge base does not answer this.)"
 QUESTION_HEADER = "Question:"
+# A question whose best fact has a cosine below this is not answered by the knowledge. On the eval
+# bases (`parley eval`), the best fact of answerable questions scored 0.25-0.95, of questions the
+# knowledge does not answer 0.27-0.73: no threshold separates them. 0.4 declines a third of the
+# latter and 3 of 107 of the former (0.45: half of the latter, 7 of the former); the rest is the LLM's
+# to decline.
+MIN_ANSWER_COSINE = 0.4
+# Facts this far below the best one's cosine are about something else: left out, so that the LLM
+# does not take a figure from a neighbouring fact.
+EVIDENCE_MARGIN = 0.15
+# What the agent says when the knowledge does not answer: honest, and what it can help with.
+DECLINE_REPLY = "I'm sorry, I don't have that information."
+DECLINE_TOPICS = " I can help with questions about {topics}."
+
+
+def select_evidence(hits: list[Hit], min_cosine: float = MIN_ANSWER_COSINE) -> list[Hit]:
+    """The retrieved facts that bear on the question, best first; none when the best is not close
+    enough to it (the knowledge does not answer it)."""
+    if not hits:
+        return []
+    best = max(h.cosine for h in hits)
+    if best < min_cosine:
+        return []
+    return [h for h in hits if h.cosine >= best - EVIDENCE_MARGIN]
+
+
+def decline_reply(topics: list[str]) -> str:
+    """The honest answer to a question the knowledge does not answer."""
+    if not topics:
+        return DECLINE_REPLY
+    # Spoken in a sentence: "opening hours", but a name ("Juniper Street Bikes") as it is.
+    said = [t if _is_name(t) else t[:1].lower() + t[1:] for t in topics]
+    named = said[0] if len(said) == 1 else f"{', '.join(said[:-1])} and {said[-1]}"
+    return DECLINE_REPLY + DECLINE_TOPICS.format(topics=named)
+
+
+def _is_name(title: str) -> bool:
+    words = title.split()
+    return len(words) > 1 and all(w[:1].isupper() for w in words)
 
 
 def user_message(question: str, hits: list[Hit], already_given: set[str]) -> tuple[str, list[str]]:
-    """The user message for one turn and the keys of the passages it adds."""
-    new = [h for h in hits if passage_key(h) not in already_given]
-    facts = format_context(new) if new else NO_NEW_FACTS
-    return f"{FACTS_HEADER}\n{facts}\n\n{QUESTION_HEADER} {question}", [passage_key(h) for h in new]
+    """The user message for one turn and the keys of the facts it adds."""
+    new = [h for h in hits if fact_key(h) not in already_given]
+    facts = format_context(new) if new else (NO_NEW_FACTS if hits else NO_FACTS)
+    return f"{FACTS_HEADER}\n{facts}\n{QUESTION_HEADER} {question}", [fact_key(h) for h in new]
 
 
-def passage_key(hit: Hit) -> str:
+def question_of(message: str) -> str:
+    """The caller's words in a user message, grounded or not."""
+    if message.startswith(FACTS_HEADER) and f"\n{QUESTION_HEADER} " in message:
+        return message.rsplit(f"\n{QUESTION_HEADER} ", 1)[1]
+    return message
+
+
+def previous_question(history: list[dict]) -> str:
+    """The caller's last question in `history` (which ends before the current turn)."""
+    for message in reversed(history):
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            return question_of(message["content"])
+    return ""
+
+
+def fact_key(hit: Hit) -> str:
     return f"{hit.source}#{hit.heading}#{hash(hit.text)}"
 
 
 class KnowledgeContextProcessor(FrameProcessor):
-    """Between the user aggregator and the LLM: retrieves passages for the user's latest words
+    """Between the user aggregator and the LLM: retrieves the facts for the user's latest words
     and writes them into that message, so the LLM answers from the knowledge base.
 
     With `prefill` (agents/speculation.py), `speculate` starts the coming turn's retrieval and
     LLM prefill during the end-of-turn pause; the turn, when it ends with the same words, uses
-    those passages and waits for that prefill instead of doing both again.
+    those facts and waits for that prefill instead of doing both again.
     """
 
     def __init__(
@@ -81,7 +141,7 @@ class KnowledgeContextProcessor(FrameProcessor):
     async def speculate(self, history: list[dict], question: str) -> None:
         """The user seems to be done (every word transcribed, the end-of-turn pause running):
         retrieve for `question` and have the LLM prefill the prompt it will get. Nothing is
-        stored: the history and the passages given so far stay as they are."""
+        stored: the history and the facts given so far stay as they are."""
         await self.cancel_speculation()
         if self._prefill is None or not question.strip():
             return
@@ -98,12 +158,14 @@ class KnowledgeContextProcessor(FrameProcessor):
 
     async def _run_speculation(self, spec: Speculation, history: list[dict]) -> None:
         try:
-            spec.hits = await asyncio.to_thread(self._retriever.search, spec.question, self._top_k)
+            spec.hits = await asyncio.to_thread(self._evidence, spec.question, history)
         except Exception:  # noqa: BLE001 - the real turn retrieves again
             log.exception("speculative retrieval failed")
             return
         finally:
             spec.retrieved.set()
+        if not spec.hits:
+            return  # the turn will be declined without the LLM: nothing to prefill
         text, _keys = user_message(spec.question, spec.hits, self._given)
         spec.prompt = [*history, {"role": "user", "content": text}]
         try:
@@ -128,34 +190,48 @@ class KnowledgeContextProcessor(FrameProcessor):
         await super().cleanup()
 
     def forget_last(self) -> None:
-        """The last grounded message was withdrawn: its passages count as not given."""
+        """The last grounded message was withdrawn: its facts count as not given."""
         self._given.difference_update(self._last_added)
         self._last_added = []
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMContextFrame) and direction == FrameDirection.DOWNSTREAM:
-            await self._ground(frame)
+            reply = await self._ground(frame)
+            if reply is not None:
+                # Said as if the LLM had said it (same events, trace and history), without the LLM:
+                # a small model asked about something its facts don't cover invents an answer.
+                for answer in (LLMFullResponseStartFrame(), LLMTextFrame(reply), LLMFullResponseEndFrame()):
+                    await self.push_frame(answer)
+                return
         await self.push_frame(frame, direction)
 
-    async def _ground(self, frame: LLMContextFrame) -> None:
+    def _evidence(self, question: str, history: list[dict]) -> list[Hit]:
+        """The facts that answer `question` (a follow-up is searched with the question before it);
+        none when the knowledge does not answer it. Blocking: runs in a worker thread."""
+        hits = self._retriever.search(question, self._top_k, previous=previous_question(history))
+        return select_evidence(hits)
+
+    async def _ground(self, frame: LLMContextFrame) -> str | None:
+        """Write the facts into the turn's user message; returns the reply to say instead of asking
+        the LLM when the knowledge does not answer the question."""
         messages = frame.context.get_messages()
         if not messages or messages[-1].get("role") != "user":
-            return
+            return None
         last = messages[-1]
         content = last.get("content")
         if not isinstance(content, str) or content.startswith(FACTS_HEADER):
             log.debug("not grounding a message of type %s: %r", type(content).__name__, content)
-            return  # already grounded (e.g. a re-run of the same turn)
+            return None  # already grounded (e.g. a re-run of the same turn)
         self._last_added = []  # set again below; stale keys must not be forgotten if this is cancelled
         spec = await self._take_speculation(content)
         try:
-            await self._ground_with(messages, content, spec)
+            return await self._ground_with(messages, content, spec)
         finally:
             if spec is not None and spec.task is not None and not spec.task.done():
                 spec.task.cancel()  # not this prompt, too slow, or this turn was cancelled
 
-    async def _ground_with(self, messages: list[dict], content: str, spec: Speculation | None) -> None:
+    async def _ground_with(self, messages: list[dict], content: str, spec: Speculation | None) -> str | None:
         if self._on_start:
             self._on_start()
         if spec is not None and spec.task is not None:
@@ -166,20 +242,24 @@ class KnowledgeContextProcessor(FrameProcessor):
             hits = spec.hits
         else:
             try:
-                hits = await asyncio.to_thread(self._retriever.search, content, self._top_k)
+                hits = await asyncio.to_thread(self._evidence, content, messages[:-1])
             except Exception:  # noqa: BLE001 - an answer without facts beats no answer
-                log.exception("retrieval failed; answering without passages")
+                log.exception("retrieval failed; answering without facts")
                 hits = []
         text, keys = user_message(content, hits, self._given)
         self._given.update(keys)
         self._last_added = keys
         # In place: the stored history keeps the facts, so the next turn's prompt extends this one.
         messages[-1]["content"] = text
-        log.debug(
-            "grounded %r with %d new passages (%d messages in history)", content, len(keys), len(messages)
+        log.info(
+            "grounded %r with %s",
+            content,
+            ", ".join(f"{h.source}:{h.line} ({h.cosine:.2f})" for h in hits) or "no facts: declined",
         )
         if self._on_end:
             self._on_end()
+        if not hits:
+            return decline_reply(self._retriever.topics())
         if spec is not None and spec.task is not None and spec.prompt == messages:
             # The prefill of this very prompt may be under way: sent now, the real request would
             # read it again in another slot, beside it, on the same cores. (Counted in llm_ttft.)
@@ -188,6 +268,7 @@ class KnowledgeContextProcessor(FrameProcessor):
             await asyncio.wait([spec.task], timeout=PREFILL_WAIT_S)
         elif spec is not None:
             log.debug("speculative prefill for %r was not this turn's prompt; dropped", spec.question)
+        return None
 
 
 def merge_continued_turn(messages: list[dict], first_text: str) -> str | None:

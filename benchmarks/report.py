@@ -135,8 +135,8 @@ SPANS = {
     "endpoint": "the user really stopped (VAD stop minus its silence window) → the turn was judged "
     "finished and its transcript went to the agent",
     "stt": "the speech segment handed to Whisper → Whisper returned the transcript",
-    "rag": "retrieval started → passages found",
-    "llm_ttft": "passages found (the LLM request is sent right after) → the first text token streamed back",
+    "rag": "retrieval started → facts found",
+    "llm_ttft": "facts found (the LLM request is sent right after) → the first text token streamed back",
     "first_sentence": "the first text token → the first sentence handed to TTS",
     "tts_ttfa": "the first sentence handed to TTS → TTS produced the first audio of the answer",
     "send": "TTS produced the first audio → the first agent audio byte went out on the socket",

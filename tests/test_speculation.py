@@ -27,7 +27,7 @@ from agents.rag.retrieve import Hit
 from voice.end_of_turn import TurnCompletionFrame
 from voice.turns import SpeechSegmentDoneFrame, WholeTurnStopStrategy
 
-TUNE_UP = Hit("prices.md", "Services > Tune-ups", "A basic tune-up costs $65.", 0.9)
+TUNE_UP = Hit("prices.md", "Services > Tune-ups", "A basic tune-up costs $65.", 0.9, cosine=0.7)
 HISTORY = [
     {"role": "user", "content": f"{FACTS_HEADER}\n[x]\nfacts\n\nQuestion: Hi."},
     {"role": "assistant", "content": "Hello! How can I help?"},
@@ -40,7 +40,7 @@ class FakeRetriever:
     def __init__(self):
         self.searches: list[str] = []
 
-    def search(self, text: str, top_k: int) -> list[Hit]:
+    def search(self, text: str, top_k: int, previous: str = "") -> list[Hit]:
         self.searches.append(text)
         return [TUNE_UP]
 

@@ -1,4 +1,4 @@
-"""The `parley` command: serve, talk, phone, models, ingest."""
+"""The `parley` command: serve, talk, phone, models, ingest, eval."""
 
 from __future__ import annotations
 
@@ -75,30 +75,72 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from agents.rag.embed import Embedder
-    from agents.rag.ingest import ingest_dir
+    from agents.rag.ingest import ingest_dir, shipped_entries
+    from agents.rag.questions import SHIPPED_CACHE, write_cache
     from agents.rag.store import KnowledgeStore
     from voice.config import Settings
 
-    settings = Settings()
     folder = Path(args.dir)
     if not folder.is_dir():
-        print(f"error: {folder} is not a folder of .md/.txt files", file=sys.stderr)
+        print(
+            f"error: {folder} is not a folder; give the folder that holds your knowledge files "
+            "(.md, .txt, .html, .pdf, FAQ files)",
+            file=sys.stderr,
+        )
         return 2
+    overrides = {"knowledge_dir": folder}
+    if args.questions is not None:
+        overrides["ingest_questions"] = "any" if args.questions else "false"
+    settings = Settings(**overrides)
     try:
-        embedder = Embedder.load(models.ensure("minilm-l6-int8"))
+        embedder = Embedder.load(models.ensure("minilm-l6-int8", settings.home))
+        writer, llm = _question_writer(settings)
     except models.ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     db = Path(args.db) if args.db else settings.knowledge_db()
-    db.parent.mkdir(parents=True, exist_ok=True)
     store = KnowledgeStore.open(db)
-    report = ingest_dir(folder, store, embedder)
+    try:
+        report = ingest_dir(folder, store, embedder, writer, progress=sys.stderr.isatty())
+        if args.ship_questions and writer is not None:
+            write_cache(folder / SHIPPED_CACHE, shipped_entries(folder, writer))
+            print(
+                f"wrote {folder / SHIPPED_CACHE}: ship it with the folder, and a fresh install skips the LLM"
+            )
+    finally:
+        if writer is not None:
+            writer.close()
+        del llm
     print(
         f"{folder}: {len(report.files_added)} added, {len(report.files_updated)} updated, "
         f"{len(report.files_unchanged)} unchanged, {len(report.files_removed)} removed; "
-        f"{report.passages} passages ({report.passages_embedded} embedded now) in {db}"
+        f"{report.facts} facts ({report.facts_embedded} prepared now"
+        + (f", {writer.written} with questions written by the LLM" if writer else ", no questions")
+        + f") in {db}"
     )
-    return 0
+    for source, why in report.files_failed.items():
+        print(f"skipped {source}: {why}", file=sys.stderr)
+    for source in report.files_empty:
+        print(
+            f"warning: {source} has no text to answer from (a scanned PDF needs OCR first)", file=sys.stderr
+        )
+    return 1 if report.files_failed else 0
+
+
+def _question_writer(settings):
+    """The LLM that writes each fact's questions, as `serve` would have it: (writer, the embedded
+    LLM to keep alive while it writes), or (None, None)."""
+    from agents.llm import EmbeddedLLM, LLMEndpoint
+    from voice.engines import model_name, question_writer, resolve_models
+
+    if settings.ingest_questions == "false":
+        return None, None
+    if settings.llm_base_url:
+        endpoint = LLMEndpoint(settings.llm_base_url.rstrip("/"), settings.llm_model, settings.llm_api_key)
+        return question_writer(settings, endpoint, endpoint.model), None
+    gguf = resolve_models(settings).llm_gguf
+    llm = EmbeddedLLM.start(gguf, settings.llm_threads, settings.llm_context_tokens, parallel=1)
+    return question_writer(settings, llm.endpoint, model_name(gguf)), llm
 
 
 def _cmd_talk(args: argparse.Namespace) -> int:
@@ -111,6 +153,12 @@ def _cmd_phone(args: argparse.Namespace) -> int:
     from clients.phone import main as phone_main
 
     return phone_main(args)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from evals.runner import main as eval_main
+
+    return eval_main(args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -130,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the agent over WebSocket at /ws")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1, or PARLEY_HOST)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000, or PARLEY_PORT)")
-    p.add_argument("--knowledge", default=None, help="folder of .md/.txt files to answer from")
+    p.add_argument(
+        "--knowledge", default=None, help="folder of knowledge files (.md, .txt, .html, .pdf) to answer from"
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("models", help="list the models, where they are and whether they are verified")
@@ -138,9 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="rehash every file (slow)")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("ingest", help="index a folder of .md/.txt files for retrieval")
+    p = sub.add_parser(
+        "ingest", help="prepare a folder of knowledge files (.md, .txt, .html, .pdf, FAQ) for retrieval"
+    )
     p.add_argument("dir", help="the knowledge folder")
-    p.add_argument("--db", default=None, help="index file (default $PARLEY_HOME/knowledge.sqlite3)")
+    p.add_argument("--db", default=None, help="index file (default: the one `serve` uses for this folder)")
+    p.add_argument(
+        "--questions",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="have the LLM (embedded, or PARLEY_LLM_BASE_URL) write the questions each fact answers "
+        "(default: PARLEY_INGEST_QUESTIONS)",
+    )
+    p.add_argument(
+        "--ship-questions",
+        action="store_true",
+        help="also write the folder's questions to DIR/.parley-questions.json, so that a fresh "
+        "install finds them instead of asking the LLM again",
+    )
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("talk", help="ask a spoken question from a WAV file over /ws")
@@ -178,6 +243,42 @@ def build_parser() -> argparse.ArgumentParser:
         "(needed when the server has PARLEY_TWILIO_AUTH_TOKEN)",
     )
     p.set_defaults(func=_cmd_phone)
+
+    p = sub.add_parser(
+        "eval",
+        help="how well the agent answers from a knowledge base: retrieval, typed and spoken answers "
+        "(the built-in bases of evals/data, or your own with --kb and --questions)",
+    )
+    p.add_argument("--kb", default=None, help="your own knowledge folder (needs --questions)")
+    p.add_argument(
+        "--questions",
+        default=None,
+        help='the question file (JSON; README, "Your own knowledge"); alone, its own knowledge folder',
+    )
+    p.add_argument(
+        "--typed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="type the questions to a server and score the answers (default on; --no-typed: not)",
+    )
+    p.add_argument(
+        "--spoken",
+        action="store_true",
+        help="also speak the questions (espeak-ng, in real time) and score transcript and answers",
+    )
+    p.add_argument("--url", default=None, help="a running server's /ws (default: start one per base)")
+    p.add_argument("--split", choices=("dev", "heldout", "all"), default="all", help="which questions")
+    p.add_argument("--only", default=None, help="only these question ids, comma-separated")
+    p.add_argument(
+        "--out", default="eval-results", help="reports go to OUT/<base>/<UTC time>/ (default eval-results)"
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="conversations at once (default 2 typed, 1 spoken: the speech-to-text uses both cores)",
+    )
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser(
         "bench",

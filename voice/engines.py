@@ -11,6 +11,7 @@ from pathlib import Path
 from agents.context import SYSTEM_PROMPT
 from agents.llm import EmbeddedLLM, LLMEndpoint, prime_slots
 from agents.rag.embed import Embedder
+from agents.rag.questions import SHIPPED_CACHE, QuestionWriter
 from agents.rag.retrieve import Retriever, open_knowledge
 from voice import models
 from voice.config import Settings
@@ -77,6 +78,20 @@ def resolve_models(settings: Settings) -> ModelPaths:
     else:
         embeddings = models.ensure("minilm-l6-int8", home)
     return ModelPaths(stt=stt, tts=tts, llm_gguf=gguf, embeddings=embeddings)
+
+
+def question_writer(settings: Settings, endpoint: LLMEndpoint, model_id: str) -> QuestionWriter | None:
+    """The LLM that writes each fact's questions at ingest, if settings allow it for this endpoint."""
+    if settings.ingest_questions == "false":
+        return None
+    if settings.ingest_questions == "embedded" and not endpoint.embedded:
+        log.info(
+            "facts are indexed without the questions they answer: the LLM is a remote endpoint; "
+            "set PARLEY_INGEST_QUESTIONS=any to let it write them (once per fact, cached)"
+        )
+        return None
+    shipped = Path(settings.knowledge_dir) / SHIPPED_CACHE
+    return QuestionWriter(endpoint, model_id, settings.home / "questions-cache.json", [shipped])
 
 
 def model_name(source: Path | str) -> str:
@@ -146,11 +161,6 @@ async def load_engines(settings: Settings, paths: ModelPaths) -> Engines:
         "TTS", voice, verify_hint, PiperEngine.load, voice, settings.tts_threads, stt.device == "cuda"
     )
     embedder = await _load("embedding", paths.embeddings, verify_hint, Embedder.load, paths.embeddings)
-    settings.home.mkdir(parents=True, exist_ok=True)
-    retriever = await asyncio.to_thread(
-        open_knowledge, Path(settings.knowledge_dir), settings.knowledge_db(), embedder
-    )
-    stt.vocabulary = retriever.vocabulary()
     embedded = None
     if paths.llm_gguf is not None:
         embedded = await _load(
@@ -164,9 +174,20 @@ async def load_engines(settings: Settings, paths: ModelPaths) -> Engines:
             settings.llm_parallel,
         )
         endpoint = embedded.endpoint
-        await asyncio.to_thread(prime_slots, endpoint, SYSTEM_PROMPT, settings.llm_parallel)
     else:
         endpoint = LLMEndpoint(settings.llm_base_url.rstrip("/"), settings.llm_model, settings.llm_api_key)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    writer = question_writer(settings, endpoint, model_name(paths.llm_gguf) if embedded else endpoint.model)
+    try:
+        retriever = await asyncio.to_thread(
+            open_knowledge, Path(settings.knowledge_dir), settings.knowledge_db(), embedder, writer
+        )
+    finally:
+        if writer is not None:
+            writer.close()
+    stt.vocabulary = retriever.vocabulary()
+    if embedded is not None:
+        await asyncio.to_thread(prime_slots, endpoint, SYSTEM_PROMPT, settings.llm_parallel)
     turn = None
     if settings.smart_turn:
         turn = await _load(

@@ -27,7 +27,7 @@ class Moment:
     STT_END = "stt_end"  # Whisper returned the transcript
     TURN_END = "turn_end"  # the turn was judged finished; the transcript went to the agent
     RAG_START = "rag_start"  # retrieval started
-    RAG_END = "rag_end"  # passages found; the LLM request is sent right after
+    RAG_END = "rag_end"  # facts found; the LLM request is sent right after
     LLM_FIRST_TOKEN = "llm_first_token"  # first text token streamed back
     LLM_END = "llm_end"  # the LLM stream ended
     TTS_FIRST_TEXT = "tts_first_text"  # the first sentence handed to TTS

@@ -1,57 +1,32 @@
-"""Turn a folder of Markdown and plain-text files into labelled, embedded passages in the store.
+"""Turn a folder of knowledge files into prepared, embedded facts in the store.
 
-Markdown is split along its headings (#, ##, ###), so each passage is about one thing and carries its
-heading path ("Opening hours > Holidays") as a label. Plain text is split at blank-line paragraphs and
-labelled with the file name. Ingest is incremental: a file whose sha256 matches the stored one is not
-re-read or re-embedded, a changed file is replaced, and a file gone from the folder is forgotten.
+Each file is parsed (`parse.py`: Markdown, text, HTML, PDF, FAQ pairs), cut into self-contained
+facts (`facts.py`: a sentence, a list item, a table row or an FAQ answer each, labelled with its
+heading path, figures in digits), embedded, and indexed. Ingest is incremental: a file whose digest
+matches the stored one is not re-read or re-embedded, a changed file is replaced, and a file gone
+from the folder is forgotten. A file that cannot be read is reported and skipped; the rest goes on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import re
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.rag.embed import Embedder
+from agents.rag.facts import Fact, document_facts
+from agents.rag.parse import SUFFIXES, parse_file
+from agents.rag.questions import QuestionWriter, cache_key
 from agents.rag.store import KnowledgeStore
 
-# ~600 characters is ~150 word pieces: well inside MiniLM's 256-token window even with the heading
-# prepended, focused enough that one vector stands for one topic, and three of them make a compact
-# prompt for a voice reply.
-MAX_PASSAGE_CHARS = 600
-# A trailing scrap shorter than this (e.g. a one-line footnote) says too little to be found on its
-# own, so it is folded into the previous passage of the same section. Short sections with their own
-# heading are kept: "Opening hours > Sunday: Closed." is short but complete.
-MIN_PASSAGE_CHARS = 120
-SUFFIXES = (".md", ".markdown", ".txt")
-SPLIT_VERSION = 1  # bump when the splitting code changes in a way the constants don't show
-HEADING_SEPARATOR = " > "
-# Levels that start a new passage; deeper headings (####) are kept as text within their section.
-SPLIT_HEADING_LEVELS = 3
-SPLIT_SIGNATURE = (
-    f"v{SPLIT_VERSION}:{MAX_PASSAGE_CHARS}:{MIN_PASSAGE_CHARS}:{SPLIT_HEADING_LEVELS}\n".encode()
-)
+log = logging.getLogger(__name__)
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_FENCE = re.compile(r"^\s*(```|~~~)")
-_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-@dataclass(frozen=True)
-class Passage:
-    """A piece of a knowledge file: the source file (relative path), its heading path, and its text."""
-
-    source: str
-    heading: str
-    text: str
-
-    def embedding_text(self) -> str:
-        """What gets embedded. Prefixing the heading is deliberate: labelling passages beats tooling.
-        "Opening hours > Saturday: 9 am to 5 pm" is found by "when do you open on Saturday" far more
-        reliably than the bare "9 am to 5 pm", and it costs nothing at query time."""
-        return f"{self.heading}: {self.text}"
+# Bump when parsing or fact-cutting changes in a way the file contents don't show: every file's
+# digest changes with it, so every file is prepared again.
+PREPARATION_VERSION = 2
+PREPARATION_SIGNATURE = f"parley-facts-v{PREPARATION_VERSION}\n".encode()
 
 
 @dataclass
@@ -62,8 +37,10 @@ class IngestReport:
     files_updated: list[str] = field(default_factory=list)
     files_unchanged: list[str] = field(default_factory=list)
     files_removed: list[str] = field(default_factory=list)
-    passages: int = 0  # passages in the store after the run
-    passages_embedded: int = 0  # passages (re-)embedded by this run; 0 when nothing changed
+    files_failed: dict[str, str] = field(default_factory=dict)  # file → why it could not be read
+    files_empty: list[str] = field(default_factory=list)  # read, but no text in it (a scanned PDF)
+    facts: int = 0  # facts in the store after the run
+    facts_embedded: int = 0  # facts (re-)embedded by this run; 0 when nothing changed
 
     @property
     def changed(self) -> bool:
@@ -71,78 +48,78 @@ class IngestReport:
         return bool(self.files_added or self.files_updated or self.files_removed)
 
 
-def split_markdown(text: str, source: str, default_heading: str) -> list[Passage]:
-    """Split Markdown along #, ## and ### headings; text before the first heading gets `default_heading`."""
-    passages: list[Passage] = []
-    stack: list[tuple[int, str]] = []  # (level, title) of the headings enclosing the current line
-    body: list[str] = []
-    in_fence = False
-
-    def flush() -> None:
-        heading = HEADING_SEPARATOR.join(t for _, t in stack) or default_heading
-        passages.extend(Passage(source, heading, chunk) for chunk in _chunk("\n".join(body)))
-        body.clear()
-
-    for line in text.splitlines():
-        if _FENCE.match(line):
-            in_fence = not in_fence  # a "# comment" inside a code block is not a heading
-        match = None if in_fence else _HEADING.match(line)
-        if match and len(match.group(1)) <= SPLIT_HEADING_LEVELS and match.group(2):
-            flush()
-            level = len(match.group(1))
-            while stack and stack[-1][0] >= level:
-                stack.pop()
-            stack.append((level, _plain(match.group(2))))
-        else:
-            body.append(line)
-    flush()
-    return passages
+def file_facts(path: Path, knowledge_dir: Path) -> list[Fact]:
+    """The prepared facts of one knowledge file."""
+    return document_facts(parse_file(path, knowledge_dir))
 
 
-def split_text(text: str, source: str, heading: str) -> list[Passage]:
-    """Split plain text at blank lines, packing short paragraphs together; every passage gets `heading`."""
-    return [Passage(source, heading, chunk) for chunk in _chunk(text)]
-
-
-def split_file(path: Path, knowledge_dir: Path) -> list[Passage]:
-    """Read one knowledge file and split it according to its type."""
-    source = path.relative_to(knowledge_dir).as_posix()
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    stem = path.stem.replace("-", " ").replace("_", " ").strip().capitalize() or path.name
-    if path.suffix.lower() == ".txt":
-        return split_text(text, source, stem)
-    return split_markdown(text, source, stem)
-
-
-def ingest_dir(knowledge_dir: Path, store: KnowledgeStore, embedder: Embedder) -> IngestReport:
-    """Bring `store` in line with the Markdown/text files under `knowledge_dir` (recursively)."""
+def ingest_dir(
+    knowledge_dir: Path,
+    store: KnowledgeStore,
+    embedder: Embedder,
+    questions: QuestionWriter | None = None,
+    progress: bool = False,
+) -> IngestReport:
+    """Bring `store` in line with the knowledge files under `knowledge_dir` (recursively). With
+    `questions`, each fact is indexed with the questions it answers (written by the LLM, cached)."""
     knowledge_dir = Path(knowledge_dir)
     report = IngestReport()
     known = store.file_hashes()
     present: set[str] = set()
-    for path in _knowledge_files(knowledge_dir):
+    paths = knowledge_files(knowledge_dir)
+    # Facts indexed with questions and without are different indexes: switching re-prepares.
+    signature = PREPARATION_SIGNATURE + (f"questions:{questions.model}\n" if questions else "").encode()
+    for path in _progress(paths, progress):
         source = path.relative_to(knowledge_dir).as_posix()
         present.add(source)
-        # The splitting rules are part of the digest: change them and every file is re-split.
-        digest = hashlib.sha256(SPLIT_SIGNATURE + path.read_bytes()).hexdigest()
+        digest = hashlib.sha256(signature + path.read_bytes()).hexdigest()
         if known.get(source) == digest:
             report.files_unchanged.append(source)
             continue
-        passages = split_file(path, knowledge_dir)
-        vectors = embedder.embed([p.embedding_text() for p in passages])
-        store.replace_file(source, digest, passages, vectors)
-        report.passages_embedded += len(passages)
+        try:
+            facts = file_facts(path, knowledge_dir)
+        except (ValueError, OSError) as exc:
+            log.warning("knowledge file %s skipped: %s", source, exc)
+            report.files_failed[source] = str(exc)
+            present.discard(source)  # what an earlier, readable version held is stale now
+            continue
+        if not facts:
+            log.warning("knowledge file %s has no text to answer from (a scanned PDF?)", source)
+            report.files_empty.append(source)
+        if questions is not None:
+            facts = [with_questions(fact, questions) for fact in facts]
+        store.replace_file(source, digest, facts, embed_facts(embedder, facts))
+        report.facts_embedded += len(facts)
         (report.files_updated if source in known else report.files_added).append(source)
     for source in sorted(set(known) - present):
         store.remove_file(source)
         report.files_removed.append(source)
-    report.passages = store.count()
+    report.facts = store.count()
+    if questions is not None and questions.written:
+        questions.save()
     return report
 
 
-def _knowledge_files(knowledge_dir: Path) -> list[Path]:
-    # Sorted so ingest order (and hence passage ids) is reproducible; hidden files (editor swap files,
-    # .DS_Store) are skipped.
+def with_questions(fact: Fact, writer: QuestionWriter) -> Fact:
+    """The fact with the questions the LLM wrote for it."""
+    written = [q for q in writer.questions(fact.heading, fact.text) if q not in fact.questions]
+    return dataclasses.replace(fact, written=tuple(written))
+
+
+def embed_facts(embedder: Embedder, facts: list[Fact]) -> list:
+    """Each fact's vectors (its statement, then its questions), embedded in one batched run."""
+    texts = [fact.embedding_texts() for fact in facts]
+    flat = embedder.embed([t for group in texts for t in group])
+    out, start = [], 0
+    for group in texts:
+        out.append(flat[start : start + len(group)])
+        start += len(group)
+    return out
+
+
+def knowledge_files(knowledge_dir: Path) -> list[Path]:
+    """The files ingest reads, sorted so that ingest order (and hence fact ids) is reproducible;
+    hidden files (editor swap files, .DS_Store) are skipped."""
     return sorted(
         p
         for p in knowledge_dir.rglob("*")
@@ -152,48 +129,27 @@ def _knowledge_files(knowledge_dir: Path) -> list[Path]:
     )
 
 
-def _plain(title: str) -> str:
-    """Drop Markdown emphasis/code marks from a heading so the label reads (and is spoken) cleanly."""
-    return re.sub(r"[*_`]", "", title).strip()
+def _progress(paths: list[Path], enabled: bool):
+    if not enabled:
+        return paths
+    from tqdm import tqdm
+
+    return tqdm(paths, desc="preparing knowledge", unit="file")
 
 
-def _chunk(text: str) -> list[str]:
-    """Pack paragraphs into chunks of at most ~MAX_PASSAGE_CHARS; never split inside a paragraph unless
-    the paragraph alone is too long (then at sentence ends). A tiny trailing chunk joins the one before."""
-    pieces: list[str] = []
-    for para in _PARAGRAPH_BREAK.split(text.strip()):
-        para = para.strip()
-        if not para:
-            continue
-        pieces.extend(_split_long(para) if len(para) > MAX_PASSAGE_CHARS else [para])
-    chunks: list[str] = []
-    for piece in pieces:
-        if chunks and len(chunks[-1]) + 2 + len(piece) <= MAX_PASSAGE_CHARS:
-            chunks[-1] += "\n\n" + piece
-        else:
-            chunks.append(piece)
-    if len(chunks) > 1 and len(chunks[-1]) < MIN_PASSAGE_CHARS:
-        tail = chunks.pop()
-        chunks[-1] += "\n\n" + tail
-    return chunks
+def shipped_entries(knowledge_dir: Path, writer: QuestionWriter) -> dict[str, list[str]]:
+    """The cached questions of this folder's facts: what a folder ships so that a fresh install
+    finds them without the LLM."""
+    keys = {
+        cache_key(writer.model, fact.heading, fact.text)
+        for path in knowledge_files(knowledge_dir)
+        for fact in _readable_facts(path, knowledge_dir)
+    }
+    return writer.entries(keys)
 
 
-def _split_long(paragraph: str) -> list[str]:
-    """Split an over-long paragraph at sentence ends, or hard at MAX_PASSAGE_CHARS if it has none."""
-    out: list[str] = []
-    current = ""
-    for sentence in _SENTENCE_END.split(paragraph):
-        while len(sentence) > MAX_PASSAGE_CHARS:  # one giant "sentence": cut it, nothing better to do
-            if current:
-                out.append(current)
-                current = ""
-            out.append(sentence[:MAX_PASSAGE_CHARS])
-            sentence = sentence[MAX_PASSAGE_CHARS:].lstrip()
-        if current and len(current) + 1 + len(sentence) > MAX_PASSAGE_CHARS:
-            out.append(current)
-            current = sentence
-        else:
-            current = f"{current} {sentence}".strip()
-    if current:
-        out.append(current)
-    return out
+def _readable_facts(path: Path, knowledge_dir: Path) -> list[Fact]:
+    try:
+        return file_facts(path, knowledge_dir)
+    except (ValueError, OSError):
+        return []

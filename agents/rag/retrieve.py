@@ -1,32 +1,99 @@
-"""Hybrid retrieval over the knowledge store: FTS5 keywords plus vector similarity, fused by rank.
+"""Hybrid retrieval over the knowledge store's facts: FTS5 keywords plus vector similarity, fused by
+rank, and a judgement of whether the knowledge answers the question at all.
 
 Keywords catch exact, rare words a caller says ("derailleur", a street name, "Shimano"); vectors catch
 paraphrases ("when do you shut on the weekend" vs "Saturday 9 am to 5 pm"). Reciprocal rank fusion
-combines the two lists without having to calibrate bm25 scores against cosines.
+combines the two lists without having to calibrate bm25 scores against cosines. The best cosine of
+each fact is kept beside its fused score: it says how close the knowledge comes to the question, so
+that a question the knowledge does not answer is declined instead of answered from a stray fact.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from agents.rag.embed import Embedder
 from agents.rag.ingest import ingest_dir
+from agents.rag.questions import QuestionWriter
 from agents.rag.store import KnowledgeStore
 
-# Three passages (~1,500 chars) answer nearly every caller question and keep the prompt, hence the
+log = logging.getLogger(__name__)
+
+# Three facts (~300 characters) answer nearly every caller question and keep the prompt, hence the
 # LLM's time to first token, small.
 DEFAULT_TOP_K = 3
 # RRF constant from Cormack et al. (2009); 60 damps the difference between rank 1 and rank 2 so one
 # list cannot drown the other, and it is the value that works well across collections without tuning.
 RRF_K = 60
-# Each retriever proposes this many candidates (at least) for fusion: enough that a passage ranked
+# Each retriever proposes this many candidates (at least) for fusion: enough that a fact ranked
 # moderately by both lists can overtake one ranked first by only one of them.
 CANDIDATES_PER_LIST = 20
 # Keywords shorter than this are noise ("s" from "what's"); digits are kept whatever their length
 # because "5" in "size 5" or "9" in "open at 9" matters.
 MIN_KEYWORD_CHARS = 2
+# A question of at most this many words says too little to be searched alone ("Sunday?", "For kids?").
+FOLLOW_UP_MAX_WORDS = 2
+# A question with at most this many topic words and a word pointing back ("How long does that
+# take?") leans on the one before it.
+FOLLOW_UP_MAX_KEYWORDS = 4
+# Openings that mark a follow-up whatever its length ("and what about the weekly price for kids?").
+FOLLOW_UP_OPENERS = ("and ", "what about", "how about", "but ", "also ", "or ", "so ", "then ")
+# Words that point back at the previous question's subject.
+FOLLOW_UP_POINTERS = frozenset(
+    ["it", "that", "those", "them", "they", "there", "this", "these", "one", "ones"]
+)
+
+# What kind of answer a question asks for, and how a fact that gives one looks (after `to_digits`,
+# so figures are digits). "How much is the first assessment?" wants a fact with a price in it, not
+# the one that says how long the assessment takes: the facts that have the kind of answer asked for
+# are ranked as a list of their own and fused with the other two.
+ANSWER_KINDS = {
+    "price": (
+        re.compile(r"\bhow much\b|\bcosts?\b|\bprices?\b|\bfees?\b|\bcharge|\bexpensive|\bcheap|\brates?\b"),
+        re.compile(r"[$£€]\s?\d|\b\d+(?:\.\d+)?\s?(?:dollars?|cents?|pounds?|euros?|pence)\b|\bfree\b", re.I),
+    ),
+    "time": (
+        re.compile(
+            r"\bwhat time\b|\bhow (?:late|early)\b|\bhours\b|\bwhen (?:do|does|are|is)\b.*\b(?:open|close)"
+        ),
+        # "9 am", "7:30", "closed", and an hour said plainly: "opens at 9", "from 10 until 1".
+        re.compile(
+            r"\b\d{1,2}(?::\d\d)?\s?(?:am|pm)\b|\b\d{1,2}:\d\d\b|\bclosed\b"
+            r"|\b(?:at|until|till|from|opens?|closes?)\s+(?:at\s+)?(?:\d{1,2}|one|noon|midday)\b",
+            re.I,
+        ),
+    ),
+    "duration": (
+        re.compile(r"\bhow long\b"),
+        # "20 minutes", "2 working days", "a week", "an hour".
+        re.compile(
+            r"\b\d+\s?(?:-\s?)?(?:[a-z]+\s)?(?:minutes?|hours?|days?|weeks?|months?|years?)\b"
+            r"|\ban? (?:[a-z]+\s)?(?:hour|day|week|month|year)\b",
+            re.I,
+        ),
+    ),
+    "count": (
+        re.compile(r"\bhow many\b|\bhow old\b|\bwhat age\b"),
+        re.compile(r"\b\d+\b"),
+    ),
+}
+
+
+def answer_kind(question: str) -> str | None:
+    """The kind of answer a question asks for ("price", "time", "duration", "count"), if it says."""
+    plain = question.lower()
+    return next((kind for kind, (asks, _) in ANSWER_KINDS.items() if asks.search(plain)), None)
+
+
+def gives(kind: str, text: str) -> bool:
+    """Whether a fact's text holds an answer of that kind."""
+    return bool(ANSWER_KINDS[kind][1].search(text))
+
 
 # Function words, the conversational filler of spoken questions, and the leftovers of contractions
 # ("doesn" from "doesn't"). They carry no topic, and in an OR query they would match nearly every passage.
@@ -48,12 +115,17 @@ _WORD = re.compile(r"\w+(?:-\w+)*", re.UNICODE)  # words, keeping hyphenated com
 
 @dataclass(frozen=True)
 class Hit:
-    """One retrieved passage. `score` is its fused RRF score (higher is better, only for ranking)."""
+    """One retrieved fact. `score` is its fused RRF score (only for ranking); `cosine` its best vector
+    similarity to the question (how close the knowledge comes to it)."""
 
     source: str
     heading: str
     text: str
     score: float
+    original: str = ""  # the fact as the document words it
+    line: int = 0  # where it is in its source file (a PDF's page)
+    cosine: float = 0.0
+    questions: tuple[str, ...] = ()
 
 
 def keywords(query: str) -> list[str]:
@@ -93,32 +165,83 @@ def fts_query(query: str) -> str:
 VOCABULARY_MAX_CHARS = 640
 
 
+def is_follow_up(question: str) -> bool:
+    """A question that only makes sense after the one before it ("And on Sunday?")."""
+    plain = " ".join(re.findall(r"[\w'-]+", question.lower()))
+    if plain.startswith(FOLLOW_UP_OPENERS):
+        return True
+    words = plain.split()
+    if len(words) <= FOLLOW_UP_MAX_WORDS:
+        return True
+    return len(keywords(question)) <= FOLLOW_UP_MAX_KEYWORDS and bool(FOLLOW_UP_POINTERS & set(words))
+
+
 class Retriever:
     """Hybrid keyword + vector search over a `KnowledgeStore`."""
 
     def __init__(self, store: KnowledgeStore, embedder: Embedder) -> None:
         self.store = store
         self.embedder = embedder
+        self._kinds: dict[str, set[int]] = {}
+        self._kinds_version = -1
 
-    def search(self, query: str, k: int = DEFAULT_TOP_K) -> list[Hit]:
-        """Return up to `k` passages for `query`, best first. Never raises on odd user text."""
+    def search(self, query: str, k: int = DEFAULT_TOP_K, previous: str = "") -> list[Hit]:
+        """Return up to `k` facts for `query`, best first. `previous` is the caller's question before
+        this one: a follow-up ("And on Sunday?") is searched both alone and together with it, so its
+        own words count twice and the earlier question's once. Never raises on odd user text."""
         if not query.strip() or k <= 0:
             return []
+        queries = [query]
+        if previous.strip() and is_follow_up(query):
+            queries.append(f"{previous.strip()} {query.strip()}")
         n = max(CANDIDATES_PER_LIST, 4 * k)
-        keyword_ranked = self.keyword_search(query, n)
-        vector_ranked = self.vector_search(query, n)
         fused: dict[int, float] = {}
-        for ranked in (keyword_ranked, vector_ranked):
-            for rank, (pid, _) in enumerate(ranked, start=1):
-                fused[pid] = fused.get(pid, 0.0) + 1.0 / (RRF_K + rank)
+        cosine_of: dict[int, float] = {}
+        kind = answer_kind(query) or (answer_kind(previous) if len(queries) > 1 else None)
+        for text, vector in zip(queries, self.embedder.embed(queries), strict=True):
+            ids, cosines = self.store.cosines(vector)
+            order = np.argsort(-cosines)
+            ranked_lists = [
+                [pid for pid, _ in self.keyword_search(text, n)],
+                [int(ids[i]) for i in order[:n]],
+            ]
+            if kind is not None:
+                kind_ids = self._of_kind(kind)
+                ranked_lists.append([int(ids[i]) for i in order if int(ids[i]) in kind_ids][:n])
+            for ranked in ranked_lists:
+                for rank, pid in enumerate(ranked, start=1):
+                    fused[pid] = fused.get(pid, 0.0) + 1.0 / (RRF_K + rank)
+            for pid, cosine in zip(ids.tolist(), cosines.tolist(), strict=True):
+                cosine_of[pid] = max(cosine, cosine_of.get(pid, -1.0))
         best = sorted(fused, key=lambda pid: fused[pid], reverse=True)[:k]
-        return [Hit(p.source, p.heading, p.text, fused[p.id]) for p in self.store.get(best)]
+        return [
+            Hit(
+                f.source,
+                f.heading,
+                f.text,
+                fused[f.id],
+                original=f.original,
+                line=f.line,
+                cosine=cosine_of.get(f.id, 0.0),
+                questions=f.questions,
+            )
+            for f in self.store.get(best)
+        ]
+
+    def _of_kind(self, kind: str) -> set[int]:
+        """The ids of the facts that hold an answer of `kind` (worked out once per store version)."""
+        version = self.store.version
+        if self._kinds_version != version:
+            facts = self.store.get(self.store.fact_ids())
+            self._kinds = {k: {f.id for f in facts if gives(k, f.text)} for k in ANSWER_KINDS}
+            self._kinds_version = version
+        return self._kinds[kind]
 
     def vocabulary(self, max_chars: int = VOCABULARY_MAX_CHARS) -> str:
         """The knowledge base's headings as one line, in order: the words callers will use."""
         seen: list[str] = []
-        for passage in self.store.get(self.store.passage_ids()):
-            for part in passage.heading.split(" > "):
+        for heading in self.store.headings():
+            for part in heading.split(" > "):
                 if part not in seen:
                     seen.append(part)
         line = ""
@@ -129,28 +252,42 @@ class Retriever:
             line = candidate
         return f"{line}." if line else ""
 
+    def topics(self, limit: int = 4) -> list[str]:
+        """What the knowledge is about: its outermost headings (documents' titles), in order."""
+        seen: list[str] = []
+        for heading in self.store.headings():
+            top = heading.split(" > ")[0]
+            if top not in seen:
+                seen.append(top)
+        return seen[:limit]
+
     def keyword_search(self, query: str, k: int) -> list[tuple[int, float]]:
-        """FTS5 bm25 search alone: (passage id, score) best first."""
+        """FTS5 bm25 search alone: (fact id, score) best first."""
         return self.store.keyword_search(fts_query(query), k)
 
     def vector_search(self, query: str, k: int) -> list[tuple[int, float]]:
-        """Cosine search alone: (passage id, cosine) best first."""
+        """Cosine search alone: (fact id, cosine) best first."""
         return self.store.vector_search(self.embedder.embed([query])[0], k)
 
 
-def unwrap(text: str) -> str:
-    """Join hard-wrapped lines inside paragraphs: a small model reads a line break as a new fact."""
-    paragraphs = re.split(r"\n\s*\n", text.strip())
-    return "\n".join(" ".join(p.split()) for p in paragraphs)
-
-
 def format_context(hits: list[Hit]) -> str:
-    """Render hits for an LLM prompt: one block per passage, labelled with its heading path."""
-    return "\n\n".join(f"[{hit.heading}]\n{unwrap(hit.text)}" for hit in hits)
+    """Render facts for an LLM prompt: one line each, labelled with its heading path."""
+    return "\n".join(f"- [{hit.heading}] {hit.text}" for hit in hits)
 
 
-def open_knowledge(knowledge_dir: Path, db_path: Path, embedder: Embedder) -> Retriever:
-    """Open the store at `db_path`, bring it up to date with `knowledge_dir`, and return a retriever."""
+def open_knowledge(
+    knowledge_dir: Path, db_path: Path, embedder: Embedder, questions: QuestionWriter | None = None
+) -> Retriever:
+    """Open the store at `db_path`, bring it up to date with `knowledge_dir` (with the questions each
+    fact answers, when a writer is given), and return a retriever."""
     store = KnowledgeStore.open(db_path)
-    ingest_dir(knowledge_dir, store, embedder)
+    report = ingest_dir(knowledge_dir, store, embedder, questions)
+    if report.changed:
+        log.info(
+            "knowledge %s: %d facts from %d files (%d prepared now)",
+            knowledge_dir,
+            report.facts,
+            len(report.files_added) + len(report.files_updated) + len(report.files_unchanged),
+            report.facts_embedded,
+        )
     return Retriever(store, embedder)
