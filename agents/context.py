@@ -51,6 +51,19 @@ MIN_ANSWER_COSINE = 0.4
 # Facts this far below the best one's cosine are about something else: left out, so that the LLM
 # does not take a figure from a neighbouring fact.
 EVIDENCE_MARGIN = 0.15
+# A question that asks for an overview ("what are your opening hours?", "tell me about your prices",
+# "which holidays are you closed?") is answered by several facts, each a sentence: it gets this many
+# times the facts of a question with one answer, so that the week's hours are all there.
+OVERVIEW_FACTS_FACTOR = 2
+_OVERVIEW = re.compile(
+    r"\b(?:tell me (?:about|more)|what (?:are|kinds?|sorts?|types?) (?:of )?(?:your|the)?|which|list|all your|"
+    r"overview|options|what (?:do|does|can) (?:you|i)\b.*\b(?:offer|accept|take|borrow|have))|"
+    r"\b(?:hours|prices|rates|fees|services|classes|times)\b"
+)
+_QUESTION_START = re.compile(
+    r"^(?:\w+,?\s+)?(?:what|when|where|which|who|whom|whose|why|how|do|does|did|is|are|was|were|can|could|"
+    r"will|would|should|may|might|have|has)\b"
+)
 # What the agent says when the knowledge does not answer: honest, and what it can help with.
 DECLINE_REPLY = "I'm sorry, I don't have that information."
 DECLINE_TOPICS = " I can help with questions about {topics}."
@@ -65,6 +78,18 @@ def select_evidence(hits: list[Hit], min_cosine: float = MIN_ANSWER_COSINE) -> l
     if best < min_cosine:
         return []
     return [h for h in hits if h.cosine >= best - EVIDENCE_MARGIN]
+
+
+def is_question(text: str) -> bool:
+    """Whether the caller asks for information ("When do you open?", "tell me your hours"), rather than
+    saying something else ("Wait, stop.", "Thanks!"), which the LLM answers as a person would."""
+    plain = text.strip().lower()
+    return plain.endswith("?") or bool(_QUESTION_START.match(plain)) or "tell me" in plain
+
+
+def asks_overview(question: str) -> bool:
+    """Whether the question asks for several facts at once (hours, prices, a list)."""
+    return bool(_OVERVIEW.search(question.lower()))
 
 
 def decline_reply(topics: list[str]) -> str:
@@ -209,7 +234,8 @@ class KnowledgeContextProcessor(FrameProcessor):
     def _evidence(self, question: str, history: list[dict]) -> list[Hit]:
         """The facts that answer `question` (a follow-up is searched with the question before it);
         none when the knowledge does not answer it. Blocking: runs in a worker thread."""
-        hits = self._retriever.search(question, self._top_k, previous=previous_question(history))
+        k = self._top_k * (OVERVIEW_FACTS_FACTOR if asks_overview(question) else 1)
+        hits = self._retriever.search(question, k, previous=previous_question(history))
         return select_evidence(hits)
 
     async def _ground(self, frame: LLMContextFrame) -> str | None:
@@ -258,7 +284,7 @@ class KnowledgeContextProcessor(FrameProcessor):
         )
         if self._on_end:
             self._on_end()
-        if not hits:
+        if not hits and is_question(content):
             return decline_reply(self._retriever.topics())
         if spec is not None and spec.task is not None and spec.prompt == messages:
             # The prefill of this very prompt may be under way: sent now, the real request would

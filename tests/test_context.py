@@ -18,9 +18,11 @@ from agents.context import (
     DECLINE_REPLY,
     FACTS_HEADER,
     MIN_ANSWER_COSINE,
+    NO_FACTS,
     NO_NEW_FACTS,
     KnowledgeContextProcessor,
     decline_reply,
+    is_question,
     merge_continued_turn,
     previous_question,
     question_of,
@@ -153,3 +155,20 @@ async def test_a_follow_up_is_searched_with_the_question_before_it():
     ]
     await ground(retriever, history)
     assert retriever.searches == [("And on Sunday?", "What time do you open on Saturday?")]
+
+
+async def test_words_that_ask_nothing_go_to_the_llm_even_with_no_fact_near_them():
+    down, messages = await ground(
+        StubRetriever(cosine=0.2), [{"role": "user", "content": "Wait, stop please."}]
+    )
+    assert [type(f) for f in down] == [LLMContextFrame]
+    assert NO_FACTS in messages[-1]["content"]
+
+
+def test_a_question_is_told_from_other_words():
+    assert is_question("When do you open on Saturday?")
+    assert is_question("so how much is a tune-up")
+    assert is_question("Okay, can I rent an e-bike")
+    assert is_question("Tell me your hours.")
+    assert not is_question("Wait, stop please.")
+    assert not is_question("Thanks, that's all.")

@@ -145,6 +145,7 @@ async def test_speaking_over_the_agent_stops_its_audio(server):
 
         audio_after_interrupt = 0
         interrupted_at = None
+        next_turn = False
         loop = asyncio.get_running_loop()
         started = loop.time()
         # The words, then silence while the agent (paused at once) hears them out and decides:
@@ -161,11 +162,12 @@ async def test_speaking_over_the_agent_stops_its_audio(server):
                 except TimeoutError:
                     break
                 if isinstance(message, bytes):
-                    if interrupted_at is not None:
-                        audio_after_interrupt += len(message)
+                    if interrupted_at is not None and not next_turn:
+                        audio_after_interrupt += len(message)  # the cut-off answer's, not the next one's
                     continue
                 event = json.loads(message)
                 events.append(event)
+                next_turn = next_turn or (event["type"] == "user.transcript" and event["turn_id"] > 1)
                 if event["type"] == "agent.interrupted" and interrupted_at is None:
                     interrupted_at = loop.time() - started
 

@@ -21,16 +21,23 @@ ENDPOINT = LLMEndpoint("http://llm.test/v1", "fake", "")
 
 
 class FakeLLM:
-    """Answers every chat completion with `reply`, or with HTTP 500; counts the requests."""
+    """Answers a chat completion about a tune-up with `reply` and any other with `other`, or every one
+    with HTTP `status`; counts the requests."""
 
-    def __init__(self, reply: str = "How much is a tune-up?\nWhat does servicing cost?", status: int = 200):
-        self.reply, self.status, self.requests = reply, status, 0
+    def __init__(
+        self,
+        reply: str = "How much is a tune-up?\nWhat does servicing cost?",
+        other: str = "Where do I leave my car?",
+        status: int = 200,
+    ):
+        self.reply, self.other, self.status, self.requests = reply, other, status, 0
 
     def transport(self) -> httpx.MockTransport:
         def handle(request: httpx.Request) -> httpx.Response:
             self.requests += 1
-            body = {"choices": [{"message": {"content": self.reply}}]}
-            return httpx.Response(self.status, json=body)
+            fact = json.loads(request.content)["messages"][-1]["content"]
+            content = self.reply if "tune-up" in fact else self.other
+            return httpx.Response(self.status, json={"choices": [{"message": {"content": content}}]})
 
         return httpx.MockTransport(handle)
 
