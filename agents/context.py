@@ -71,11 +71,11 @@ DECLINE_TOPICS = " I can help with questions about {topics}."
 
 def select_evidence(hits: list[Hit], min_cosine: float = MIN_ANSWER_COSINE) -> list[Hit]:
     """The retrieved facts that bear on the question, best first; none when the best is not close
-    enough to it (the knowledge does not answer it)."""
+    enough to it and keywords and meaning agree on none (the knowledge does not answer it)."""
     if not hits:
         return []
     best = max(h.cosine for h in hits)
-    if best < min_cosine:
+    if best < min_cosine and not any(h.agreed for h in hits):
         return []
     return [h for h in hits if h.cosine >= best - EVIDENCE_MARGIN]
 

@@ -172,3 +172,8 @@ def test_a_question_is_told_from_other_words():
     assert is_question("Tell me your hours.")
     assert not is_question("Wait, stop please.")
     assert not is_question("Thanks, that's all.")
+
+
+def test_a_fact_keywords_and_meaning_both_rank_first_is_given_however_low_its_cosine():
+    phone = Hit("contact.md", "Contact", "Phone: (555) 014-2290", 0.03, cosine=0.15, agreed=True)
+    assert select_evidence([phone]) == [phone]

@@ -338,3 +338,8 @@ def test_benchmark_question_retrieves_its_fact_in_top_3(retriever: Retriever, it
     assert any(s in found for s in item["expect_any"]), (
         f"{item['question']!r}: none of {item['expect_any']} in {[h.heading for h in hits]}"
     )
+
+
+def test_a_fact_both_searches_put_on_top_is_marked_as_agreed(retriever: Retriever) -> None:
+    hits = retriever.search("What's your phone number?", k=3)
+    assert hits[0].agreed and "014-2290" in hits[0].text

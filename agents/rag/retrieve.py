@@ -48,6 +48,12 @@ FOLLOW_UP_POINTERS = frozenset(
     ["it", "that", "those", "them", "they", "there", "this", "these", "one", "ones"]
 )
 
+# A fact that both the keyword and the vector search rank this high is about the question, however
+# low its cosine ("What's your phone number?" scores 0.15 against "Phone: (555) 014-2290"), and is
+# not declined. On the eval bases, 2 keeps 2 of 3 answerable questions that the cosine alone declined
+# and lets 3 of 21 out-of-knowledge ones through to the LLM (1: keeps 1, lets none; 3: keeps 3, lets 7);
+# on the demo knowledge it keeps "Can I bring something back?" and "What's your phone number?".
+AGREEMENT_RANK = 2
 # What kind of answer a question asks for, and how a fact that gives one looks (after `to_digits`,
 # so figures are digits). "How much is the first assessment?" wants a fact with a price in it, not
 # the one that says how long the assessment takes: the facts that have the kind of answer asked for
@@ -126,6 +132,7 @@ class Hit:
     line: int = 0  # where it is in its source file (a PDF's page)
     cosine: float = 0.0
     questions: tuple[str, ...] = ()
+    agreed: bool = False  # ranked near the top by keywords and by meaning alike: about the question
 
 
 def keywords(query: str) -> list[str]:
@@ -197,14 +204,14 @@ class Retriever:
         n = max(CANDIDATES_PER_LIST, 4 * k)
         fused: dict[int, float] = {}
         cosine_of: dict[int, float] = {}
+        agreed: set[int] = set()
         kind = answer_kind(query) or (answer_kind(previous) if len(queries) > 1 else None)
         for text, vector in zip(queries, self.embedder.embed(queries), strict=True):
             ids, cosines = self.store.cosines(vector)
             order = np.argsort(-cosines)
-            ranked_lists = [
-                [pid for pid, _ in self.keyword_search(text, n)],
-                [int(ids[i]) for i in order[:n]],
-            ]
+            keyword_ranked = [pid for pid, _ in self.keyword_search(text, n)]
+            vector_ranked = [int(ids[i]) for i in order[:n]]
+            ranked_lists = [keyword_ranked, vector_ranked]
             if kind is not None:
                 kind_ids = self._of_kind(kind)
                 ranked_lists.append([int(ids[i]) for i in order if int(ids[i]) in kind_ids][:n])
@@ -213,6 +220,7 @@ class Retriever:
                     fused[pid] = fused.get(pid, 0.0) + 1.0 / (RRF_K + rank)
             for pid, cosine in zip(ids.tolist(), cosines.tolist(), strict=True):
                 cosine_of[pid] = max(cosine, cosine_of.get(pid, -1.0))
+            agreed |= set(keyword_ranked[:AGREEMENT_RANK]) & set(vector_ranked[:AGREEMENT_RANK])
         best = sorted(fused, key=lambda pid: fused[pid], reverse=True)[:k]
         return [
             Hit(
@@ -224,6 +232,7 @@ class Retriever:
                 line=f.line,
                 cosine=cosine_of.get(f.id, 0.0),
                 questions=f.questions,
+                agreed=f.id in agreed,
             )
             for f in self.store.get(best)
         ]
