@@ -280,7 +280,7 @@ class KnowledgeContextProcessor(FrameProcessor):
         log.info(
             "grounded %r with %s",
             content,
-            ", ".join(f"{h.source}:{h.line} ({h.cosine:.2f})" for h in hits) or "no facts: declined",
+            ", ".join(f"{h.source}:{h.line} ({h.cosine:.2f})" for h in hits) or "no facts",
         )
         if self._on_end:
             self._on_end()
