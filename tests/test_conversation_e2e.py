@@ -126,7 +126,9 @@ async def test_two_callers_at_once_each_get_their_own_answer(server):
 
 async def test_speaking_over_the_agent_stops_its_audio(server):
     """Barge-in: the caller talks while the agent is answering; the agent falls silent."""
-    long_answer = question("bring something back")
+    # The week's hours: several facts, so several sentences to cut into (a one-fact answer can end
+    # before the caller's words are judged).
+    long_answer = {"question": "What are your opening hours during the week?"}
     interruption = speak("Wait, stop please.")
     frame = 640  # 20 ms at 16 kHz
     async with websockets.connect(server.ws_url, max_size=None) as ws:
