@@ -8,13 +8,21 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
-from pipecat.frames.frames import TranscriptionFrame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
+from pipecat.frames.frames import (
+    AggregatedTextFrame,
+    OutputTransportMessageFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.tests.utils import run_test
 from pipecat.utils.asyncio.task_manager import TaskManager
 
 from agents.context import is_resume_request, record_heard_answer
 from voice.config import Settings
 from voice.end_of_turn import TurnCompletionFrame
 from voice.playback import CUT_OFF_MARK, PlaybackLedger
+from voice.turn_events import SpokenTextEmitter, TurnHooks
 from voice.turns import BargeInStrategy, InterruptionPolicy, SpeechSegmentDoneFrame, WholeTurnStopStrategy
 
 POLICY = InterruptionPolicy(Settings().backchannel_words)
@@ -307,3 +315,35 @@ async def test_speech_that_sounds_finished_ends_the_turn_after_the_short_pause()
 async def test_speech_that_sounds_unfinished_waits_for_the_long_pause():
     assert await a_pause_judged(complete=False, wait_s=(DEFAULT_PAUSE_S + PAUSE_INCOMPLETE_S) / 2) == []
     assert await a_pause_judged(complete=False, wait_s=PAUSE_INCOMPLETE_S * 2) == ["turn ended"]
+
+
+class _Hooks(TurnHooks):
+    def __init__(self, cut_off: bool):
+        self.cut_off = cut_off
+
+    def current_turn_id(self) -> int:
+        return 3
+
+    def response_in_progress(self) -> bool:
+        return not self.cut_off
+
+    def answer_cut_off(self) -> bool:
+        return self.cut_off
+
+
+async def _spoken_text_events(cut_off: bool) -> list[dict]:
+    ledger = PlaybackLedger(24000, lambda: 0)
+    emitter = SpokenTextEmitter(_Hooks(cut_off), ledger)
+    down, _ = await run_test(emitter, frames_to_send=[AggregatedTextFrame("We open at 8 am.", "sentence")])
+    return [f.message for f in down if isinstance(f, OutputTransportMessageFrame)]
+
+
+async def test_each_sentence_about_to_be_spoken_is_shown_to_the_caller():
+    events = await _spoken_text_events(cut_off=False)
+    assert events == [{"type": "agent.text", "turn_id": 3, "text": "We open at 8 am."}]
+
+
+async def test_a_sentence_finished_after_the_caller_cut_in_is_not_shown():
+    # Its audio is dropped (the session mutes the rest of a cut-off answer); its text must be too,
+    # or the caller reads a sentence they never hear.
+    assert await _spoken_text_events(cut_off=True) == []

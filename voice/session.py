@@ -466,6 +466,10 @@ class Session(TurnHooks):
         """False for the tail of an answer that was cancelled before the current turn began."""
         return self._agent_active and self._response_started
 
+    def answer_cut_off(self) -> bool:
+        """True from an interruption until the next turn: what is left of the answer goes nowhere."""
+        return self._output_muted
+
     async def interrupted(self) -> None:
         self._interrupt_seen.set()
         if not self._agent_active:
