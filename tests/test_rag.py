@@ -87,6 +87,28 @@ def test_a_sentence_that_leans_on_the_one_before_stays_with_it() -> None:
     ]
 
 
+def test_a_question_the_text_asks_itself_and_a_sentence_opening_with_or_stay_with_their_neighbour() -> None:
+    text = (
+        "Bought a bike online and it came in a box? We put it together for $75. A bike fit is $50. "
+        "The station is a 10-minute walk. Or 3 minutes by bike."
+    )
+    assert [f.text for f in document_facts(doc(para(text)))] == [
+        "Bought a bike online and it came in a box? We put it together for $75.",
+        "A bike fit is $50.",
+        "The station is a 10-minute walk. Or 3 minutes by bike.",
+    ]
+
+
+def test_two_prices_in_one_sentence_are_two_facts_and_the_second_keeps_the_rate_and_subject() -> None:
+    text = "A city bike is twenty-five dollars a day and an e-bike is forty-five. A wheel is trued for $28, while a spoke is $32."
+    assert [f.text for f in document_facts(doc(para(text)))] == [
+        "A city bike is $25 a day.",
+        "An e-bike is $45 a day.",
+        "A wheel is trued for $28.",
+        "A spoke is $32.",
+    ]
+
+
 def test_a_short_paragraph_with_one_figure_at_most_stays_one_fact() -> None:
     text = "There is a free lot behind the shop. Street parking is limited to 2 hours. Racks are outside."
     assert [f.text for f in document_facts(doc(para(text)))] == [text]

@@ -26,9 +26,9 @@ async def pieces(answers: list[str], token_chars: int = 3) -> list[list[str]]:
     ("answer", "expected"),
     [
         (
-            "Based on the given facts, on Saturday, we are open from 9 am to 5 pm. On Sunday we are closed.",
+            "Well, as it happens, on Saturday, we are open from 9 am to 5 pm. On Sunday we are closed.",
             [
-                "Based on the given facts,",
+                "Well, as it happens,",
                 "on Saturday, we are open from 9 am to 5 pm.",
                 "On Sunday we are closed.",
             ],
@@ -48,4 +48,31 @@ async def test_every_answer_gets_its_own_opening_clause():
     assert await pieces([first, second]) == [
         ["Well, as it happens,", "we open at nine."],
         ["Sure thing, my friend,", "a tune-up is $65."],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (
+            "Based on the facts provided, on Saturday, we are open from 9 am to 5 pm.",
+            ["On Saturday, we are open from 9 am to 5 pm."],
+        ),
+        ("According to the information given, a tune-up is $65.", ["A tune-up is $65."]),
+        (
+            "Based on the given facts, yes, we rent e-bikes. They are $45.",
+            ["Yes, we rent e-bikes.", "They are $45."],
+        ),
+        # Only an opening that points at the prompt goes: an answer that uses the words stays whole.
+        ("Based on your age, the discount is 10%.", ["Based on your age,", "the discount is 10%."]),
+    ],
+)
+async def test_an_opening_that_points_at_the_facts_is_not_spoken(answer, expected):
+    assert await pieces([answer]) == [expected]
+
+
+async def test_the_next_answer_is_not_changed_by_a_preamble_before_it():
+    assert await pieces(["Based on the facts, we open at 9.", "Well, as it happens, we open at nine."]) == [
+        ["We open at 9."],
+        ["Well, as it happens,", "we open at nine."],
     ]

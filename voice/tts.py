@@ -108,6 +108,16 @@ class PiperEngine:
 CLAUSE_BREAKS = ",;:"
 # Fewer words than this before the break are too short a phrase to say on its own ("So,", "9,").
 MIN_CLAUSE_WORDS = 3
+# An opening that only points at the prompt ("Based on the facts provided,", "According to the
+# information given,"): small models open one answer in three or so with it. The caller never saw the
+# facts, and it costs a second of speech before the answer; it is not spoken, and the history (which
+# records what was spoken) does not keep it to be imitated.
+PROMPT_PREAMBLE = re.compile(
+    r"^(?:based on|according to|from|given|using|looking at)\s+(?:the\s+|these\s+|this\s+|your\s+)?"
+    r"(?:given\s+|provided\s+|above\s+|available\s+)?(?:facts?|information|info|context|details|data)"
+    r"(?:\s+(?:provided|given|above|below|available|you (?:gave|provided)(?: me)?|i have))?\s*[,:]$",
+    re.I,
+)
 
 
 class FirstClauseAggregator(SimpleTextAggregator):
@@ -117,6 +127,7 @@ class FirstClauseAggregator(SimpleTextAggregator):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._first = True
+        self._capitalize = False
 
     async def aggregate(self, text: str):
         for char in text:
@@ -125,8 +136,14 @@ class FirstClauseAggregator(SimpleTextAggregator):
                 yield aggregation
             if self._first and char == " " and self._ends_clause():
                 clause, self._text = self._text.strip(" "), ""
+                if PROMPT_PREAMBLE.match(clause):
+                    self._capitalize = True  # the answer proper opens with the next word
+                    continue
                 self._first = False
                 yield Aggregation(text=clause, type=TextType.SENTENCE)
+            elif self._capitalize and char.isalpha():
+                self._text = self._text[:-1] + char.upper()
+                self._capitalize = False
 
     def _ends_clause(self) -> bool:
         body = self._text.rstrip(" ")
@@ -134,15 +151,18 @@ class FirstClauseAggregator(SimpleTextAggregator):
 
     async def flush(self):  # pipecat calls it when an answer ends: the next one starts afresh
         self._first = True
+        self._capitalize = False
         return await super().flush()
 
     async def reset(self):
         await super().reset()
         self._first = True
+        self._capitalize = False
 
     async def handle_interruption(self):
         await super().handle_interruption()
         self._first = True
+        self._capitalize = False
 
 
 class PiperTTSStage(TTSService):

@@ -62,6 +62,9 @@ MAX_PLAIN_PARAGRAPH_CHARS = 400
 # facts of their own, so that no figure is read as another item's.
 MAX_LIST_ITEM_CHARS = 80
 MAX_LIST_FACT_CHARS = 700
+# A sentence that opens with one of these continues the one before it ("Or 3 minutes by bike.",
+# "So book ahead."): alone it answers nothing.
+CONTINUATIONS = frozenset(["or", "and", "so", "but", "otherwise", "then"])
 
 # Sentence ends, except after abbreviations that end in a full stop inside a sentence.
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(\[]?[A-Z0-9$£€])")
@@ -72,7 +75,10 @@ _ABBREVIATION_END = re.compile(
 _DIGIT = re.compile(r"\d")
 # "A city bike is $25 a day and an e-bike is $45": two figures for two things. Cut into clauses at
 # these breaks when every clause has a figure of its own, so that each thing's figure is a fact.
-_FIGURE_CLAUSE_BREAK = re.compile(r"(?:,\s+and\s+|;\s+|,\s+|\s+and\s+|\s+while\s+|\s+whereas\s+)")
+_FIGURE_CLAUSE_BREAK = re.compile(r"(?:,?\s+(?:and|while|whereas)\s+|;\s+|,\s+)")
+# A rate after a figure ("$25 a day", "$40 per wheel"): carried to a later clause whose figure has
+# none ("... and an e-bike is forty-five" is $45 a day too).
+_RATE = re.compile(r"\d\s+((?:a|an|per)\s+[a-z]+|each)\b")
 # A figure in digits (after to_digits): a price, a time, a count.
 _FIGURE = re.compile(r"[$£€]?\d+(?:[:.,]\d+)*")
 _MONEY = re.compile(r"[$£€]\d")
@@ -206,11 +212,13 @@ def split_sentences(text: str) -> list[str]:
 
 
 def join_anaphora(sentences: list[str]) -> list[str]:
-    """Join each sentence that opens with a pronoun to the sentence it refers back to."""
+    """Join each sentence that opens with a pronoun or a conjunction to the sentence it leans back
+    on, and a question the text asks itself ("Bought a bike online?") to the sentence answering it."""
     joined: list[str] = []
     for sentence in sentences:
         first = _FIRST_WORD.match(sentence)
-        leans = first is not None and first.group(0).lower() in ANAPHORA
+        leans = first is not None and first.group(0).lower() in ANAPHORA | CONTINUATIONS
+        leans = leans or bool(joined and joined[-1].rstrip().endswith("?"))
         if joined and leans and len(joined[-1]) + 1 + len(sentence) <= MAX_JOINED_CHARS:
             joined[-1] = f"{joined[-1]} {sentence}"
         else:
@@ -230,6 +238,7 @@ def split_figures(sentence: str) -> list[str]:
     if any(_LEANS_BACK & set(re.findall(r"[a-z']+", c.lower())) for c in clauses[1:]):
         return [sentence]  # "plus $9 if ...", "up to 5 of those": the clause means nothing alone
     currency = _MONEY.search(digits)
+    rate = _RATE.search(to_digits(clauses[0]))
     out = []
     for clause in clauses:
         if currency and not _MONEY.search(to_digits(clause)):
@@ -239,6 +248,8 @@ def split_figures(sentence: str) -> list[str]:
                 to_digits(clause),
                 count=1,
             )
+        if rate and re.search(r"\d\s*$", to_digits(clause)):
+            clause = f"{to_digits(clause)} {rate.group(1)}"
         out.append(clause[:1].upper() + clause[1:] + ".")
     return out
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # Bump when parsing or fact-cutting changes in a way the file contents don't show: every file's
 # digest changes with it, so every file is prepared again.
-PREPARATION_VERSION = 2
+PREPARATION_VERSION = 3
 PREPARATION_SIGNATURE = f"parley-facts-v{PREPARATION_VERSION}\n".encode()
 
 
