@@ -183,13 +183,21 @@ def is_follow_up(question: str) -> bool:
     return len(keywords(question)) <= FOLLOW_UP_MAX_KEYWORDS and bool(FOLLOW_UP_POINTERS & set(words))
 
 
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the `n` highest scores, highest first (a partial sort: the store may be large)."""
+    if len(scores) <= n:
+        return np.argsort(-scores, kind="stable")
+    top = np.argpartition(-scores, n - 1)[:n]
+    return top[np.argsort(-scores[top], kind="stable")]
+
+
 class Retriever:
     """Hybrid keyword + vector search over a `KnowledgeStore`."""
 
     def __init__(self, store: KnowledgeStore, embedder: Embedder) -> None:
         self.store = store
         self.embedder = embedder
-        self._kinds: dict[str, set[int]] = {}
+        self._kinds: dict[str, np.ndarray] = {}
         self._kinds_version = -1
 
     def search(self, query: str, k: int = DEFAULT_TOP_K, previous: str = "") -> list[Hit]:
@@ -206,21 +214,27 @@ class Retriever:
         cosine_of: dict[int, float] = {}
         agreed: set[int] = set()
         kind = answer_kind(query) or (answer_kind(previous) if len(queries) > 1 else None)
-        for text, vector in zip(queries, self.embedder.embed(queries), strict=True):
-            ids, cosines = self.store.cosines(vector)
-            order = np.argsort(-cosines)
+        kind_mask = self._kind_mask(kind) if kind is not None else None
+        ids, all_cosines = self.store.cosines(self.embedder.embed(queries))
+        for text, cosines in zip(queries, all_cosines, strict=True):
             keyword_ranked = [pid for pid, _ in self.keyword_search(text, n)]
-            vector_ranked = [int(ids[i]) for i in order[:n]]
+            vector_ranked = [int(ids[i]) for i in _top(cosines, n)]
             ranked_lists = [keyword_ranked, vector_ranked]
-            if kind is not None:
-                kind_ids = self._of_kind(kind)
-                ranked_lists.append([int(ids[i]) for i in order if int(ids[i]) in kind_ids][:n])
+            if kind_mask is not None and len(kind_mask) == len(ids):
+                of_kind = np.flatnonzero(kind_mask)
+                ranked_lists.append([int(ids[of_kind[i]]) for i in _top(cosines[of_kind], n)])
             for ranked in ranked_lists:
                 for rank, pid in enumerate(ranked, start=1):
                     fused[pid] = fused.get(pid, 0.0) + 1.0 / (RRF_K + rank)
-            for pid, cosine in zip(ids.tolist(), cosines.tolist(), strict=True):
-                cosine_of[pid] = max(cosine, cosine_of.get(pid, -1.0))
             agreed |= set(keyword_ranked[:AGREEMENT_RANK]) & set(vector_ranked[:AGREEMENT_RANK])
+        if len(ids) and fused:
+            best_cosine = all_cosines.max(axis=0)
+            # Ids ascend (the store reads them in order): each fused id's position by binary search.
+            wanted = np.fromiter(fused, dtype=np.int64, count=len(fused))
+            at = np.clip(np.searchsorted(ids, wanted), 0, len(ids) - 1)
+            for pid, i, found in zip(wanted.tolist(), at.tolist(), (ids[at] == wanted).tolist(), strict=True):
+                if found:
+                    cosine_of[pid] = float(best_cosine[i])
         best = sorted(fused, key=lambda pid: fused[pid], reverse=True)[:k]
         return [
             Hit(
@@ -237,12 +251,16 @@ class Retriever:
             for f in self.store.get(best)
         ]
 
-    def _of_kind(self, kind: str) -> set[int]:
-        """The ids of the facts that hold an answer of `kind` (worked out once per store version)."""
+    def _kind_mask(self, kind: str) -> np.ndarray:
+        """Which facts (in the store's vector order) hold an answer of `kind`; worked out once per
+        store version."""
         version = self.store.version
         if self._kinds_version != version:
-            facts = self.store.get(self.store.fact_ids())
-            self._kinds = {k: {f.id for f in facts if gives(k, f.text)} for k in ANSWER_KINDS}
+            ids = self.store.vectors()[0]
+            facts = {f.id: f.text for f in self.store.get(ids.tolist())}
+            self._kinds = {
+                k: np.array([gives(k, facts.get(int(i), "")) for i in ids], dtype=bool) for k in ANSWER_KINDS
+            }
             self._kinds_version = version
         return self._kinds[kind]
 

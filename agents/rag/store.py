@@ -90,8 +90,10 @@ class KnowledgeStore:
         # (fact ids, where each fact's rows start, matrix) as one tuple: swapping a single attribute is
         # atomic, so readers need no lock. A fact owns one row per vector, its rows side by side.
         self._vectors: tuple[np.ndarray, np.ndarray, np.ndarray] = ()
+        # Set by every write; the matrix is read back at the next search, once for a whole ingest
+        # (reading it after each file made ingesting 10,000 facts quadratic).
+        self._stale = True
         self.version = 0  # counts the writes: what is derived from the facts is stale when it moves
-        self._reload_vectors()
 
     @classmethod
     def open(cls, db_path: Path) -> KnowledgeStore:
@@ -160,7 +162,7 @@ class KnowledgeStore:
                 "ON CONFLICT(path) DO UPDATE SET sha256 = excluded.sha256",
                 (path, sha256),
             )
-        self._reload_vectors()
+            self._written()
         return ids
 
     def remove_file(self, path: str) -> None:
@@ -168,7 +170,7 @@ class KnowledgeStore:
         with self._lock, self._conn:
             self._delete_facts(path)
             self._conn.execute("DELETE FROM files WHERE path = ?", (path,))
-        self._reload_vectors()
+            self._written()
 
     def _delete_facts(self, path: str) -> None:
         owned = "(SELECT id FROM facts WHERE source = ?)"
@@ -230,12 +232,14 @@ class KnowledgeStore:
         return [(int(r[0]), -float(r[1])) for r in rows]
 
     def cosines(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every fact's best cosine with `query` (unit vectors, so a dot product): (fact ids, cosines)."""
-        ids, starts, matrix = self._vectors  # one snapshot, consistent even if a reload happens meanwhile
+        """Every fact's best cosine with `query` (unit vectors, so a dot product): (fact ids, cosines).
+        With several queries (rows), one row of cosines per query, all from one snapshot."""
+        ids, starts, matrix = self.vectors()
+        query = np.asarray(query, dtype=VECTOR_DTYPE)
         if len(ids) == 0:
-            return ids, np.zeros(0, dtype=VECTOR_DTYPE)
-        scores = matrix @ np.asarray(query, dtype=VECTOR_DTYPE).reshape(-1)
-        return ids, np.maximum.reduceat(scores, starts)
+            return ids, np.zeros((*query.shape[:-1], 0), dtype=VECTOR_DTYPE)
+        scores = query @ matrix.T
+        return ids, np.maximum.reduceat(scores, starts, axis=-1)
 
     def vector_search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Cosine search; returns (fact id, best cosine) best first, each fact once."""
@@ -247,8 +251,21 @@ class KnowledgeStore:
         top = top[np.argsort(-best[top])]
         return [(int(ids[i]), float(best[i])) for i in top]
 
+    def vectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fact ids ascending, where each fact's rows start, matrix): one consistent snapshot."""
+        if self._stale:
+            with self._lock:
+                if self._stale:
+                    self._reload_vectors()
+        return self._vectors
+
+    def _written(self) -> None:
+        self._stale = True
+        self.version += 1
+
     def _reload_vectors(self) -> None:
         with self._lock:
+            self._stale = False
             rows = self._conn.execute(
                 "SELECT fact_id, vector FROM vectors ORDER BY fact_id, rowid"
             ).fetchall()
@@ -262,4 +279,3 @@ class KnowledgeStore:
             ids, starts = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
             matrix = np.zeros((0, 0), dtype=VECTOR_DTYPE)
         self._vectors = (ids, starts, matrix)
-        self.version += 1
