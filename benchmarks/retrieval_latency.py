@@ -94,6 +94,7 @@ PLACES = [
         "Zelkova",
     )
 ]
+QUARTERS = ["North", "South", "East", "West", "Central", "Upper", "Lower", "Old", "New", "Riverside"]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
@@ -115,7 +116,8 @@ def fact_sentence(rng: random.Random, place: str, n: int) -> str:
 def write_knowledge(folder: Path, facts: int, rng: random.Random) -> None:
     documents = max(1, facts // FACTS_PER_DOCUMENT)
     for d in range(documents):
-        place = f"{PLACES[d % len(PLACES)]} ({d // len(PLACES) + 1})"
+        # No digits in a place's name: they would read as figures and change how facts are cut.
+        place = f"{PLACES[d % len(PLACES)]} {QUARTERS[d // len(PLACES) % len(QUARTERS)]}"
         lines = [f"# {place.capitalize()}", ""]
         for section in range(FACTS_PER_DOCUMENT // 5):
             lines += [f"## Part {section + 1}", ""]

@@ -365,3 +365,9 @@ def test_benchmark_question_retrieves_its_fact_in_top_3(retriever: Retriever, it
 def test_a_fact_both_searches_put_on_top_is_marked_as_agreed(retriever: Retriever) -> None:
     hits = retriever.search("What's your phone number?", k=3)
     assert hits[0].agreed and "014-2290" in hits[0].text
+
+
+def test_a_keyword_in_most_facts_is_left_out_unless_it_is_the_only_one() -> None:
+    common = {"branch"}.__contains__
+    assert fts_query("How much is a tandem at the Elm branch?", common) == '"tandem" OR "elm"'
+    assert fts_query("The branch?", common) == '"branch"'

@@ -14,6 +14,7 @@ The database is a cache of the knowledge folder: when its schema changes, it is 
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -66,6 +67,9 @@ PRAGMA user_version = {SCHEMA_VERSION};
 _OLD_TABLES = ("files", "facts", "vectors", "facts_fts", "passages", "passages_fts")
 
 
+_INDEXED_WORD = re.compile(r"\w+")
+
+
 @dataclass(frozen=True)
 class StoredFact:
     """A fact as stored: its id plus where it came from and what it says."""
@@ -93,6 +97,7 @@ class KnowledgeStore:
         # Set by every write; the matrix is read back at the next search, once for a whole ingest
         # (reading it after each file made ingesting 10,000 facts quadratic).
         self._stale = True
+        self._word_counts: tuple[int, dict[str, int]] = (-1, {})  # (version, counts)
         self.version = 0  # counts the writes: what is derived from the facts is stale when it moves
 
     @classmethod
@@ -206,6 +211,22 @@ class KnowledgeStore:
             ).fetchall()
         by_id = {r[0]: StoredFact(*r[:6], tuple(q for q in r[6].split("\n") if q)) for r in rows}
         return [by_id[i] for i in ids if i in by_id]
+
+    def word_counts(self) -> dict[str, int]:
+        """How many facts each word (lowercased, as written) is indexed in; worked out once per version."""
+        version, counts = self._word_counts
+        if version != self.version:
+            counts = {}
+            with self._lock:
+                version = self.version
+                rows = self._conn.execute(
+                    "SELECT heading || ' ' || text || ' ' || extra FROM facts_fts"
+                ).fetchall()
+            for (indexed,) in rows:
+                for word in set(_INDEXED_WORD.findall(indexed.lower())):
+                    counts[word] = counts.get(word, 0) + 1
+            self._word_counts = (version, counts)
+        return counts
 
     def headings(self) -> list[str]:
         """Every distinct heading path, in the order the facts were stored."""
