@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.stats import pct  # noqa: E402
 from clients.caller import Caller, Echo  # noqa: E402
 from tests.conftest import cough, silence, speak, start_server, stop_server  # noqa: E402
 
@@ -45,11 +46,6 @@ END_OF_TURN = (
     "Yes.",
 )
 LEAD_IN_S = 0.5  # silence before a caller speaks (Silero settles on its first frames)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def line(name: str, values: list[float]) -> str:

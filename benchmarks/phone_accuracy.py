@@ -34,7 +34,8 @@ from pipecat.audio.resamplers.soxr_stream_resampler import SOXRStreamAudioResamp
 
 from agents.rag.embed import Embedder  # noqa: E402
 from agents.rag.retrieve import open_knowledge  # noqa: E402
-from benchmarks.turn_latency import QUESTIONS, pct  # noqa: E402
+from benchmarks.stats import pct  # noqa: E402
+from benchmarks.turn_latency import QUESTIONS  # noqa: E402
 from clients.phone import ulaw_decode, ulaw_encode  # noqa: E402
 from tests.conftest import speak  # noqa: E402
 from voice import models  # noqa: E402

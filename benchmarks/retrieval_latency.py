@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from agents.rag.ingest import ingest_dir  # noqa: E402
 from agents.rag.retrieve import Retriever  # noqa: E402
 from agents.rag.store import KnowledgeStore  # noqa: E402
+from benchmarks.stats import pct  # noqa: E402
 from evals.runner import load_embedder  # noqa: E402
 
 FACTS_PER_DOCUMENT = 50  # a long page of a real site; documents × this = the facts asked for
@@ -146,11 +147,6 @@ def questions(rng: random.Random, count: int) -> list[tuple[str, str]]:
             )
         out.append((asked, previous))
     return out
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.stats import pct  # noqa: E402
 from clients.phone import RATE as PHONE_RATE  # noqa: E402
 from clients.phone import PhoneCall  # noqa: E402
 from clients.talk import talk  # noqa: E402
@@ -50,11 +51,6 @@ IDLE_SECONDS = 3.0  # long enough for every pipeline stage to have started and a
 TRACE_WAIT_S = 1.0  # after the call goes quiet, the turn's trace line is written well within this
 PATHS = ("ws", "phone")
 FIGURES = ("endpoint", "stt", "rag", "llm_ttft", "first_sentence", "tts_ttfa", "send", "voice_to_voice")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def schedule(runs: int, warmup: int) -> list[tuple[bool, dict]]:
