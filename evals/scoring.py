@@ -8,6 +8,7 @@ answer and each expected string are lowercased, number words become digits (when
 `:` or `.` between digits, so "7:30" and "7.50" stay whole), and currency signs. A whole hour is the
 hour: "9:00" counts as "9" and "$10.00" as "$10", but "9:30" is not "9". Negations are spelt out
 ("can't" is "can not", "don't" is "do not"), so an expected "not" or "do not need" finds either.
+A plural in the answer states an expected singular ("board games" states "board game").
 """
 
 from __future__ import annotations
@@ -92,14 +93,21 @@ def tokens(text: str, digits: bool = True) -> list[str]:
 
 
 def contains(haystack: Sequence[str], needle: Sequence[str]) -> bool:
-    """Whether the token sequence `needle` occurs, contiguous, in `haystack`."""
+    """Whether the token sequence `needle` occurs, contiguous, in `haystack`. A word of the haystack
+    may be the plural of the needle's: an answer that names "board games" states the expected "board
+    game". (Not the other way round: "does not come with" must not state an expected "comes with".)"""
     n = len(needle)
     if n == 0:
         return False
-    first = needle[0]
     return any(
-        haystack[i] == first and list(haystack[i : i + n]) == list(needle)
+        all(_states(said, word) for said, word in zip(haystack[i : i + n], needle, strict=True))
         for i in range(len(haystack) - n + 1)
+    )
+
+
+def _states(said: str, expected: str) -> bool:
+    return said == expected or (
+        expected.isalpha() and len(expected) >= 3 and said in (expected + "s", expected + "es")
     )
 
 

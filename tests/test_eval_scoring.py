@@ -258,6 +258,17 @@ def test_expect_min_counts_distinct_expected_strings():
     assert "1 of the 2" in judge("We take Visa.", question).reason
 
 
+def test_a_plural_in_the_answer_states_the_expected_singular():
+    question = Q(category="lists", expect_any=["board game", "hotspot", "telescope"], expect_min=2)
+    assert answer_is_right("We lend board games and Wi-Fi hotspots.", question)
+    assert answer_is_right("It costs $15.", Q(expect_any=["15"]))
+    # Not the other way round: a verb's "s" is no plural.
+    assert not answer_is_right(
+        "No, a helmet does not come with it.", Q(category="yes_no", expect_any=["comes with"])
+    )
+    assert not answer_is_right("It costs $150.", Q(expect_any=["15"]))
+
+
 def test_a_declined_answer_is_wrong_for_a_question_the_knowledge_answers():
     question = Q(expect_any=["65"])
     assert not answer_is_right("I'm sorry, I don't have that information. Maybe 65?", question)
