@@ -39,12 +39,12 @@ def hit(text: str, cosine: float) -> Hit:
     return Hit("kb.md", "Prices", text, 0.5, cosine=cosine)
 
 
-def test_the_question_carries_its_facts_one_per_line_and_labelled():
+def test_the_question_carries_its_facts_one_per_line_and_labelled_the_best_next_to_it():
     text, keys = user_message("When do you open on Saturday?", [SATURDAY, TUNE_UP], set())
     assert text.splitlines() == [
         FACTS_HEADER,
-        "- [Opening hours > Weekly hours] On Saturday we are open from 9 am to 5 pm.",
         "- [Services > Tune-ups] A basic tune-up costs $65.",
+        "- [Opening hours > Weekly hours] On Saturday we are open from 9 am to 5 pm.",
         "Question: When do you open on Saturday?",
     ]
     assert len(keys) == 2
