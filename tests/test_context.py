@@ -177,3 +177,12 @@ def test_a_question_is_told_from_other_words():
 def test_a_fact_keywords_and_meaning_both_rank_first_is_given_however_low_its_cosine():
     phone = Hit("contact.md", "Contact", "Phone: (555) 014-2290", 0.03, cosine=0.15, agreed=True)
     assert select_evidence([phone]) == [phone]
+
+
+def test_a_fact_both_searches_put_first_goes_alone_unless_an_overview_is_asked():
+    ebike = Hit("rentals.md", "Rentals", "An e-bike is $45 a day.", 0.05, cosine=0.8, agreed=True)
+    city = Hit("rentals.md", "Rentals", "A city bike is $25 a day.", 0.04, cosine=0.75)
+    assert select_evidence([ebike, city]) == [ebike]
+    assert select_evidence([ebike, city], overview=True) == [ebike, city]
+    # Agreement on a lower fact does not make the best one the answer.
+    assert select_evidence([city, ebike]) == [city, ebike]
