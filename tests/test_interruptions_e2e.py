@@ -26,6 +26,11 @@ ANSWER_TIMEOUT_S = 90  # model turns on a shared 2-core CI machine
 STOPPED_WITHIN_AUDIO_MS = 1000
 
 
+def plain(text: str) -> str:
+    """`text` with every run of white space (line breaks included) one space."""
+    return " ".join(text.split())
+
+
 def audio_ms(caller: Caller, nbytes: int) -> float:
     return 1000 * nbytes / 2 / caller.output_rate
 
@@ -131,10 +136,13 @@ async def test_what_were_you_saying_continues_from_what_was_heard(server):
         await caller.say(speak("Okay, what were you saying?"))
         resumed = await caller.wait_for("user.transcript", since=asked_again, timeout_s=60)
         await caller.wait_for("agent.audio_done", turn_id=resumed["turn_id"], timeout_s=ANSWER_TIMEOUT_S)
-    sentences = [e["text"] for e in caller.log.events("agent.text") if e["turn_id"] == interrupted["turn_id"]]
-    heard = interrupted["heard_text"]
-    continuation = " ".join(
-        e["text"] for e in caller.log.events("agent.text") if e["turn_id"] == resumed["turn_id"]
+    # Compared as spoken: a line break in the LLM's text (a list) is a space in what was heard.
+    sentences = [
+        plain(e["text"]) for e in caller.log.events("agent.text") if e["turn_id"] == interrupted["turn_id"]
+    ]
+    heard = plain(interrupted["heard_text"])
+    continuation = plain(
+        " ".join(e["text"] for e in caller.log.events("agent.text") if e["turn_id"] == resumed["turn_id"])
     )
     assert continuation.startswith("As I was saying"), continuation
     rest = continuation.removeprefix("As I was saying:").strip()
