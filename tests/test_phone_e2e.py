@@ -24,7 +24,7 @@ import pytest
 import websockets
 
 from clients.phone import RATE, PhoneCall, new_call_sid, ring
-from tests.conftest import speak, start_server, stop_server
+from tests.conftest import silence, speak, start_server, stop_server
 from voice import models
 from voice.audio import resample_pcm16
 from voice.phone import twilio_signature
@@ -100,7 +100,8 @@ async def wait_for_no_sessions(server, within_s: float = 10.0) -> None:
 async def test_a_caller_asks_by_phone_and_hears_the_right_fact(phone_server, media_url, whisper):
     question = QUESTIONS["saturday-open"]
     async with await answered_call(media_url) as phone:
-        await phone.say(speak(question["question"], RATE))
+        # A caller draws breath once the call connects; Silero needs a few frames to settle.
+        await phone.say(silence(0.5, RATE) + speak(question["question"], RATE))
         await phone.wait_until_quiet(phone.log.speech_ends[-1], timeout_s=ANSWER_TIMEOUT_S)
     said = heard(whisper, bytes(phone.heard))
     assert states_fact(said, question), f"the caller heard {said!r}"
