@@ -244,9 +244,10 @@ class KnowledgeContextProcessor(FrameProcessor):
     def _evidence(self, question: str, history: list[dict]) -> list[Hit]:
         """The facts that answer `question` (a follow-up is searched with the question before it);
         none when the knowledge does not answer it. Blocking: runs in a worker thread."""
-        k = self._top_k * (OVERVIEW_FACTS_FACTOR if asks_overview(question) else 1)
+        overview = asks_overview(question)
+        k = self._top_k * (OVERVIEW_FACTS_FACTOR if overview else 1)
         hits = self._retriever.search(question, k, previous=previous_question(history))
-        return select_evidence(hits, overview=asks_overview(question))
+        return select_evidence(hits, overview=overview)
 
     async def _ground(self, frame: LLMContextFrame) -> str | None:
         """Write the facts into the turn's user message; returns the reply to say instead of asking

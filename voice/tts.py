@@ -109,7 +109,7 @@ CLAUSE_BREAKS = ",;:"
 # Fewer words than this before the break are too short a phrase to say on its own ("So,", "9,").
 MIN_CLAUSE_WORDS = 3
 # An opening that only points at the prompt ("Based on the facts provided,", "According to the
-# information given,"): small models open one answer in three or so with it. The caller never saw the
+# information given,"): the small default model opens some answers with it. The caller never saw the
 # facts, and it costs a second of speech before the answer; it is not spoken, and the history (which
 # records what was spoken) does not keep it to be imitated.
 PROMPT_PREAMBLE = re.compile(
@@ -126,8 +126,11 @@ class FirstClauseAggregator(SimpleTextAggregator):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        self._new_answer()
+
+    def _new_answer(self) -> None:
         self._first = True
-        self._capitalize = False
+        self._capitalize = False  # set when a preamble was dropped: the next word opens the answer
 
     async def aggregate(self, text: str):
         for char in text:
@@ -137,7 +140,7 @@ class FirstClauseAggregator(SimpleTextAggregator):
             if self._first and char == " " and self._ends_clause():
                 clause, self._text = self._text.strip(" "), ""
                 if PROMPT_PREAMBLE.match(clause):
-                    self._capitalize = True  # the answer proper opens with the next word
+                    self._capitalize = True
                     continue
                 self._first = False
                 yield Aggregation(text=clause, type=TextType.SENTENCE)
@@ -150,19 +153,16 @@ class FirstClauseAggregator(SimpleTextAggregator):
         return bool(body) and body[-1] in CLAUSE_BREAKS and len(body.split()) >= MIN_CLAUSE_WORDS
 
     async def flush(self):  # pipecat calls it when an answer ends: the next one starts afresh
-        self._first = True
-        self._capitalize = False
+        self._new_answer()
         return await super().flush()
 
     async def reset(self):
         await super().reset()
-        self._first = True
-        self._capitalize = False
+        self._new_answer()
 
     async def handle_interruption(self):
         await super().handle_interruption()
-        self._first = True
-        self._capitalize = False
+        self._new_answer()
 
 
 class PiperTTSStage(TTSService):

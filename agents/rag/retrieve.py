@@ -21,7 +21,7 @@ import numpy as np
 from agents.rag.embed import Embedder
 from agents.rag.ingest import ingest_dir
 from agents.rag.questions import QuestionWriter
-from agents.rag.store import KnowledgeStore
+from agents.rag.store import KnowledgeStore, top_indices
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +194,6 @@ def is_follow_up(question: str) -> bool:
     return len(keywords(question)) <= FOLLOW_UP_MAX_KEYWORDS and bool(FOLLOW_UP_POINTERS & set(words))
 
 
-def _top(scores: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the `n` highest scores, highest first (a partial sort: the store may be large)."""
-    if len(scores) <= n:
-        return np.argsort(-scores, kind="stable")
-    top = np.argpartition(-scores, n - 1)[:n]
-    return top[np.argsort(-scores[top], kind="stable")]
-
-
 class Retriever:
     """Hybrid keyword + vector search over a `KnowledgeStore`."""
 
@@ -225,15 +217,15 @@ class Retriever:
         cosine_of: dict[int, float] = {}
         agreed: set[int] = set()
         kind = answer_kind(query) or (answer_kind(previous) if len(queries) > 1 else None)
-        kind_mask = self._kind_mask(kind) if kind is not None else None
         ids, all_cosines = self.store.cosines(self.embedder.embed(queries))
+        kind_mask = self._kind_mask(kind) if kind is not None else None
+        of_kind = np.flatnonzero(kind_mask) if kind_mask is not None and len(kind_mask) == len(ids) else None
         for text, cosines in zip(queries, all_cosines, strict=True):
             keyword_ranked = [pid for pid, _ in self.keyword_search(text, n)]
-            vector_ranked = [int(ids[i]) for i in _top(cosines, n)]
+            vector_ranked = [int(ids[i]) for i in top_indices(cosines, n)]
             ranked_lists = [keyword_ranked, vector_ranked]
-            if kind_mask is not None and len(kind_mask) == len(ids):
-                of_kind = np.flatnonzero(kind_mask)
-                ranked_lists.append([int(ids[of_kind[i]]) for i in _top(cosines[of_kind], n)])
+            if of_kind is not None:
+                ranked_lists.append([int(ids[of_kind[i]]) for i in top_indices(cosines[of_kind], n)])
             for ranked in ranked_lists:
                 for rank, pid in enumerate(ranked, start=1):
                     fused[pid] = fused.get(pid, 0.0) + 1.0 / (RRF_K + rank)

@@ -70,6 +70,14 @@ _OLD_TABLES = ("files", "facts", "vectors", "facts_fts", "passages", "passages_f
 _INDEXED_WORD = re.compile(r"\w+")
 
 
+def top_indices(scores: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the `n` highest scores, highest first (a partial sort: the store may be large)."""
+    if len(scores) <= n:
+        return np.argsort(-scores, kind="stable")
+    top = np.argpartition(-scores, n - 1)[:n]
+    return top[np.argsort(-scores[top], kind="stable")]
+
+
 @dataclass(frozen=True)
 class StoredFact:
     """A fact as stored: its id plus where it came from and what it says."""
@@ -267,10 +275,7 @@ class KnowledgeStore:
         ids, best = self.cosines(query)
         if len(ids) == 0 or k <= 0:
             return []
-        k = min(k, len(ids))
-        top = np.argpartition(-best, k - 1)[:k]
-        top = top[np.argsort(-best[top])]
-        return [(int(ids[i]), float(best[i])) for i in top]
+        return [(int(ids[i]), float(best[i])) for i in top_indices(best, k)]
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(fact ids ascending, where each fact's rows start, matrix): one consistent snapshot."""
