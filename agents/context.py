@@ -27,6 +27,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from agents.rag.retrieve import Hit, Retriever, format_context
+from agents.replies import knowledge_reply
 from agents.speculation import PREFILL_WAIT_S, Speculation, same_words
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,6 @@ _OVERVIEW = re.compile(
     r"overview|options|what (?:do|does|can) (?:you|i)\b.*\b(?:offer|accept|take|borrow|have))|"
     r"\b(?:hours|prices|rates|fees|services|classes|times)\b"
 )
-_QUESTION_START = re.compile(
-    r"^(?:\w+,?\s+)?(?:what|when|where|which|who|whom|whose|why|how|do|does|did|is|are|was|were|can|could|"
-    r"will|would|should|may|might|have|has)\b"
-)
-# What the agent says when the knowledge does not answer: honest, and what it can help with.
-DECLINE_REPLY = "I'm sorry, I don't have that information."
-DECLINE_TOPICS = " I can help with questions about {topics}."
 
 
 def select_evidence(
@@ -87,31 +81,9 @@ def select_evidence(
     return evidence[:1] if evidence[0].agreed and not overview else evidence
 
 
-def is_question(text: str) -> bool:
-    """Whether the caller asks for information ("When do you open?", "tell me your hours"), rather than
-    saying something else ("Wait, stop.", "Thanks!"), which the LLM answers as a person would."""
-    plain = text.strip().lower()
-    return plain.endswith("?") or bool(_QUESTION_START.match(plain)) or "tell me" in plain
-
-
 def asks_overview(question: str) -> bool:
     """Whether the question asks for several facts at once (hours, prices, a list)."""
     return bool(_OVERVIEW.search(question.lower()))
-
-
-def decline_reply(topics: list[str]) -> str:
-    """The honest answer to a question the knowledge does not answer."""
-    if not topics:
-        return DECLINE_REPLY
-    # Spoken in a sentence: "opening hours", but a name ("Juniper Street Bikes") as it is.
-    said = [t if _is_name(t) else t[:1].lower() + t[1:] for t in topics]
-    named = said[0] if len(said) == 1 else f"{', '.join(said[:-1])} and {said[-1]}"
-    return DECLINE_REPLY + DECLINE_TOPICS.format(topics=named)
-
-
-def _is_name(title: str) -> bool:
-    words = title.split()
-    return len(words) > 1 and all(w[:1].isupper() for w in words)
 
 
 def user_message(question: str, hits: list[Hit], already_given: set[str]) -> tuple[str, list[str]]:
@@ -199,8 +171,8 @@ class KnowledgeContextProcessor(FrameProcessor):
             return
         finally:
             spec.retrieved.set()
-        if not spec.hits:
-            return  # the turn will be declined without the LLM: nothing to prefill
+        if knowledge_reply(spec.question, spec.hits, asks_overview(spec.question), []) is not None:
+            return  # the turn will be answered without the LLM: nothing to prefill
         text, _keys = user_message(spec.question, spec.hits, self._given)
         spec.prompt = [*history, {"role": "user", "content": text}]
         try:
@@ -235,7 +207,8 @@ class KnowledgeContextProcessor(FrameProcessor):
             reply = await self._ground(frame)
             if reply is not None:
                 # Said as if the LLM had said it (same events, trace and history), without the LLM:
-                # a small model asked about something its facts don't cover invents an answer.
+                # a small model invents an answer its facts don't cover, and misreads the one fact
+                # that does.
                 for answer in (LLMFullResponseStartFrame(), LLMTextFrame(reply), LLMFullResponseEndFrame()):
                     await self.push_frame(answer)
                 return
@@ -251,7 +224,7 @@ class KnowledgeContextProcessor(FrameProcessor):
 
     async def _ground(self, frame: LLMContextFrame) -> str | None:
         """Write the facts into the turn's user message; returns the reply to say instead of asking
-        the LLM when the knowledge does not answer the question."""
+        the LLM when the knowledge gives it (a decline, or the one fact that answers: agents/replies.py)."""
         messages = frame.context.get_messages()
         if not messages or messages[-1].get("role") != "user":
             return None
@@ -295,8 +268,10 @@ class KnowledgeContextProcessor(FrameProcessor):
         )
         if self._on_end:
             self._on_end()
-        if not hits and is_question(content):
-            return decline_reply(self._retriever.topics())
+        reply = knowledge_reply(content, hits, asks_overview(content), self._retriever.topics())
+        if reply is not None:
+            log.info("answered %r from the knowledge without the LLM: %r", content, reply)
+            return reply
         if spec is not None and spec.task is not None and spec.prompt == messages:
             # The prefill of this very prompt may be under way: sent now, the real request would
             # read it again in another slot, beside it, on the same cores. (Counted in llm_ttft.)

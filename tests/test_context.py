@@ -15,14 +15,11 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import run_test
 
 from agents.context import (
-    DECLINE_REPLY,
     FACTS_HEADER,
     MIN_ANSWER_COSINE,
     NO_FACTS,
     NO_NEW_FACTS,
     KnowledgeContextProcessor,
-    decline_reply,
-    is_question,
     merge_continued_turn,
     previous_question,
     question_of,
@@ -30,6 +27,7 @@ from agents.context import (
     user_message,
 )
 from agents.rag.retrieve import Hit
+from agents.replies import DECLINE_REPLY, FACT_REPLY_MAX_CHARS, decline_reply, fact_reply, is_question
 
 SATURDAY = Hit("hours.md", "Opening hours > Weekly hours", "On Saturday we are open from 9 am to 5 pm.", 1.0)
 TUNE_UP = Hit("prices.md", "Services > Tune-ups", "A basic tune-up costs $65.", 0.9)
@@ -106,16 +104,25 @@ def test_nothing_is_merged_when_the_history_does_not_end_in_two_user_messages():
 
 
 class StubRetriever:
-    """Finds one fact, as close to every question as `cosine` says."""
+    """Finds one fact, as close to every question as `cosine` says, and ranked first by both searches
+    when `agreed`."""
 
-    def __init__(self, cosine: float):
+    def __init__(self, cosine: float, agreed: bool = False):
         self.cosine = cosine
+        self.agreed = agreed
         self.searches: list[tuple[str, str]] = []
 
     def search(self, text: str, top_k: int, previous: str = "") -> list[Hit]:
         self.searches.append((text, previous))
         return [
-            Hit("prices.md", "Services > Tune-ups", "A basic tune-up costs $65.", 0.5, cosine=self.cosine)
+            Hit(
+                "prices.md",
+                "Services > Tune-ups",
+                "A basic tune-up costs $65.",
+                0.5,
+                cosine=self.cosine,
+                agreed=self.agreed,
+            )
         ]
 
     def topics(self) -> list[str]:
@@ -143,6 +150,35 @@ async def test_a_question_the_knowledge_does_not_answer_is_declined_without_the_
     assert [type(f) for f in down] == [LLMFullResponseStartFrame, LLMTextFrame, LLMFullResponseEndFrame]
     assert down[1].text == decline_reply(["Opening hours", "Prices"])
     assert "tune-up" not in messages[-1]["content"]  # no stray fact stays in the history either
+
+
+async def test_a_fact_both_searches_rank_first_is_said_as_written_without_the_llm():
+    down, messages = await ground(
+        StubRetriever(cosine=0.7, agreed=True), [{"role": "user", "content": "How much is a tune-up?"}]
+    )
+    assert [type(f) for f in down] == [LLMFullResponseStartFrame, LLMTextFrame, LLMFullResponseEndFrame]
+    assert down[1].text == "A basic tune-up costs $65."
+    # The history holds the fact, so a follow-up the LLM answers can build on it.
+    assert "A basic tune-up costs $65." in messages[-1]["content"]
+
+
+async def test_a_fact_both_searches_rank_first_still_goes_to_the_llm_for_words_that_ask_nothing():
+    down, _ = await ground(
+        StubRetriever(cosine=0.7, agreed=True), [{"role": "user", "content": "Great, thanks."}]
+    )
+    assert [type(f) for f in down] == [LLMContextFrame]
+
+
+def test_only_a_sure_fact_is_said_as_written():
+    sure = Hit("rentals.md", "Rentals", "An e-bike is $45 a day.", 0.05, cosine=0.8, agreed=True)
+    unsure = Hit("rentals.md", "Rentals", "An e-bike is $45 a day.", 0.05, cosine=0.8)
+    city = Hit("rentals.md", "Rentals", "A city bike is $25 a day.", 0.04, cosine=0.75)
+    assert fact_reply("How much is an e-bike?", [sure], overview=False) == "An e-bike is $45 a day."
+    assert fact_reply("How much is an e-bike?", [unsure], overview=False) is None
+    assert fact_reply("How much is an e-bike?", [sure, city], overview=False) is None
+    assert fact_reply("Tell me about your rental prices.", [sure], overview=True) is None
+    paragraph = Hit("rentals.md", "Rentals", "Bikes. " * (FACT_REPLY_MAX_CHARS // 6), 0.05, agreed=True)
+    assert fact_reply("What bikes do you have?", [paragraph], overview=False) is None
 
 
 async def test_a_follow_up_is_searched_with_the_question_before_it():

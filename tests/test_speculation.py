@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 from types import SimpleNamespace
 
 from pipecat.frames.frames import (
@@ -37,12 +38,16 @@ PREFILL_S = 0.2  # the fake LLM's prefill: long enough that the turn ends while 
 
 
 class FakeRetriever:
-    def __init__(self):
+    def __init__(self, hit: Hit = TUNE_UP):
         self.searches: list[str] = []
+        self.hit = hit
 
     def search(self, text: str, top_k: int, previous: str = "") -> list[Hit]:
         self.searches.append(text)
-        return [TUNE_UP]
+        return [self.hit]
+
+    def topics(self) -> list[str]:
+        return ["Prices"]
 
 
 class FakePrefill:
@@ -98,9 +103,13 @@ class Recorder(FrameProcessor):
 
 
 async def run_turn(
-    speculated: str | None, said: str, cancel_first: bool = False, history_sent: list[dict] | None = None
+    speculated: str | None,
+    said: str,
+    cancel_first: bool = False,
+    history_sent: list[dict] | None = None,
+    hit: Hit = TUNE_UP,
 ):
-    retriever, prefill = FakeRetriever(), FakePrefill()
+    retriever, prefill = FakeRetriever(hit), FakePrefill()
     knowledge = KnowledgeContextProcessor(retriever, top_k=2, prefill=prefill)
     history = copy.deepcopy(HISTORY)
     sent = copy.deepcopy(HISTORY if history_sent is None else history_sent)
@@ -146,6 +155,14 @@ async def test_speaking_again_drops_the_speculation_and_nothing_of_it_is_stored(
     assert "prefill done" not in turn.log
     assert turn.history == HISTORY  # the live history the speculation read is untouched
     assert [m["role"] for m in turn.sent] == ["user", "assistant", "user"]
+
+
+async def test_a_turn_the_fact_itself_answers_prefills_nothing():
+    sure = dataclasses.replace(TUNE_UP, agreed=True)  # both searches rank it first: said as written
+    turn = await run_turn(speculated=QUESTION, said=QUESTION, hit=sure)
+    assert turn.prefill.prompts == []
+    assert "request sent" not in turn.log  # answered without the LLM
+    assert turn.retriever.searches == [QUESTION]  # and the speculation's retrieval was used
 
 
 async def test_without_a_prefill_the_turn_is_grounded_as_before():
