@@ -18,7 +18,14 @@ from agents.rag.embed import EMBEDDING_DIM, Embedder
 from agents.rag.facts import document_facts, split_sentences
 from agents.rag.ingest import ingest_dir
 from agents.rag.parse import Block, BlockKind, Document
-from agents.rag.retrieve import Retriever, format_context, fts_query, is_follow_up, open_knowledge
+from agents.rag.retrieve import (
+    Retriever,
+    days_named,
+    format_context,
+    fts_query,
+    is_follow_up,
+    open_knowledge,
+)
 from agents.rag.store import KnowledgeStore
 from voice.models import ensure
 
@@ -318,6 +325,42 @@ def test_a_follow_up_finds_its_fact_with_the_question_before_it(retriever: Retri
         "How much is a basic tune-up?", k=1, previous="What time do you open on Saturday?"
     )
     assert "$65" in alone[0].text  # a whole question is searched on its own
+
+
+HOURS_PROSE = (
+    "# When we're open\n\nWe open at 8 every weekday morning. On Monday, Tuesday, Wednesday and Friday we "
+    "close at 6 pm, but on Thursday we stay open until 7:30. Saturdays are a bit shorter: we open at 9 and "
+    "lock up at 5. We're closed on Sundays, which is when we go riding ourselves.\n"
+)
+
+
+def test_a_question_about_one_day_is_not_answered_by_a_fact_about_other_days(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    write(tmp_path / "kb" / "hours.md", HOURS_PROSE)
+    retriever = open_knowledge(tmp_path / "kb", tmp_path / "k.db", embedder)
+    hits = retriever.search("When do you close on Fridays?")
+    assert "Friday we close at 6 pm" in hits[0].text
+    assert not any(h.agreed for h in hits if "Sundays" in h.text)
+    follow_up = retriever.search("And what time do you close?", previous="What time do you open on Saturday?")
+    assert "lock up at 5" in follow_up[0].text
+
+
+@pytest.mark.parametrize(
+    ("text", "days"),
+    [
+        ("When do you close on Fridays?", {"fri"}),
+        ("Monday to Wednesday, 9 to 5", {"mon", "tue", "wed"}),
+        ("from Friday through Monday", {"fri", "sat", "sun", "mon"}),
+        ("We open at 8 every weekday morning.", {"mon", "tue", "wed", "thu", "fri"}),
+        ("weekend hours", {"sat", "sun"}),
+        ("open every day of the year", {"mon", "tue", "wed", "thu", "fri", "sat", "sun"}),
+        ("What time do you open?", set()),
+    ],
+)
+def test_the_days_a_text_names_are_read_from_names_ranges_and_groups(text: str, days: set[str]) -> None:
+    week = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    assert {day for i, day in enumerate(week) if days_named(text) >> i & 1} == days
 
 
 def test_an_faq_question_finds_its_answer_when_asked_in_other_words(

@@ -102,6 +102,41 @@ def gives(kind: str, text: str) -> bool:
     return bool(ANSWER_KINDS[kind][1].search(text))
 
 
+# The days of the week, as callers and documents name them. A question about one day ("When do you
+# close on Fridays?") is not answered by a fact about other days only ("We're closed on Sundays"),
+# however alike the two look to keywords and to meaning: such a fact is ranked after every fact that
+# is not about other days, and is never taken as the sure answer.
+_DAY = r"(mon|tues|wednes|thurs|fri|satur|sun)days?"
+_DAY_INDEX = {"mon": 0, "tues": 1, "wednes": 2, "thurs": 3, "fri": 4, "satur": 5, "sun": 6}
+_DAY_NAME = re.compile(rf"\b{_DAY}\b")
+_DAY_RANGE = re.compile(rf"\b{_DAY}\s*(?:to|through|thru|until|till|-|–)\s*{_DAY}\b")
+WEEKDAYS_MASK = 0b0011111
+WEEKEND_MASK = 0b1100000
+EVERY_DAY_MASK = 0b1111111
+_DAY_GROUPS = (
+    (re.compile(r"\bweekdays?\b|\bworking days?\b"), WEEKDAYS_MASK),
+    (re.compile(r"\bweekends?\b"), WEEKEND_MASK),
+    (re.compile(r"\bevery day\b|\bdaily\b|\bseven days a week\b|\b7 days a week\b"), EVERY_DAY_MASK),
+)
+
+
+def days_named(text: str) -> int:
+    """The days of the week `text` names, as a bit mask (bit 0 Monday … bit 6 Sunday): day names,
+    ranges ("Monday to Friday"), weekdays, weekends, every day. 0: it names none."""
+    plain = text.lower()
+    mask = 0
+    for first, last in _DAY_RANGE.findall(plain):
+        start, end = _DAY_INDEX[first], _DAY_INDEX[last]
+        for i in range((end - start) % 7 + 1):
+            mask |= 1 << ((start + i) % 7)
+    for prefix in _DAY_NAME.findall(plain):
+        mask |= 1 << _DAY_INDEX[prefix]
+    for pattern, days in _DAY_GROUPS:
+        if pattern.search(plain):
+            mask |= days
+    return mask
+
+
 # Function words, the conversational filler of spoken questions, and the leftovers of contractions
 # ("doesn" from "doesn't"). They carry no topic, and in an OR query they would match nearly every passage.
 _STOPWORD_TEXT = """
@@ -201,7 +236,8 @@ class Retriever:
         self.store = store
         self.embedder = embedder
         self._kinds: dict[str, np.ndarray] = {}
-        self._kinds_version = -1
+        self._days = np.zeros(0, dtype=np.int64)  # each fact's `days_named`, in the store's vector order
+        self._derived_version = -1
 
     def search(self, query: str, k: int = DEFAULT_TOP_K, previous: str = "") -> list[Hit]:
         """Return up to `k` facts for `query`, best first. `previous` is the caller's question before
@@ -230,15 +266,22 @@ class Retriever:
                 for rank, pid in enumerate(ranked, start=1):
                     fused[pid] = fused.get(pid, 0.0) + 1.0 / (RRF_K + rank)
             agreed |= set(keyword_ranked[:AGREEMENT_RANK]) & set(vector_ranked[:AGREEMENT_RANK])
+        # The days asked about; a follow-up ("And when do you close?") asks about the earlier one's.
+        asked = days_named(query) or (days_named(previous) if len(queries) > 1 else 0)
+        other_days: set[int] = set()
         if len(ids) and fused:
             best_cosine = all_cosines.max(axis=0)
+            days = self._day_masks() if asked else None
             # Ids ascend (the store reads them in order): each fused id's position by binary search.
             wanted = np.fromiter(fused, dtype=np.int64, count=len(fused))
             at = np.clip(np.searchsorted(ids, wanted), 0, len(ids) - 1)
             for pid, i, found in zip(wanted.tolist(), at.tolist(), (ids[at] == wanted).tolist(), strict=True):
                 if found:
                     cosine_of[pid] = float(best_cosine[i])
-        best = sorted(fused, key=lambda pid: fused[pid], reverse=True)[:k]
+                    if days is not None and days[i] and not days[i] & asked:
+                        other_days.add(pid)
+        agreed -= other_days
+        best = sorted(fused, key=lambda pid: (pid in other_days, -fused[pid]))[:k]
         return [
             Hit(
                 f.source,
@@ -255,17 +298,26 @@ class Retriever:
         ]
 
     def _kind_mask(self, kind: str) -> np.ndarray:
-        """Which facts (in the store's vector order) hold an answer of `kind`; worked out once per
-        store version."""
-        version = self.store.version
-        if self._kinds_version != version:
-            ids = self.store.vectors()[0]
-            facts = {f.id: f.text for f in self.store.get(ids.tolist())}
-            self._kinds = {
-                k: np.array([gives(k, facts.get(int(i), "")) for i in ids], dtype=bool) for k in ANSWER_KINDS
-            }
-            self._kinds_version = version
+        """Which facts (in the store's vector order) hold an answer of `kind`."""
+        self._derive()
         return self._kinds[kind]
+
+    def _day_masks(self) -> np.ndarray:
+        """Which days of the week each fact (in the store's vector order) names."""
+        self._derive()
+        return self._days
+
+    def _derive(self) -> None:
+        """What search reads off each fact's text, worked out once per store version."""
+        version = self.store.version
+        if self._derived_version == version:
+            return
+        ids = self.store.vectors()[0]
+        facts = {f.id: f.text for f in self.store.get(ids.tolist())}
+        texts = [facts.get(int(i), "") for i in ids]
+        self._kinds = {k: np.array([gives(k, t) for t in texts], dtype=bool) for k in ANSWER_KINDS}
+        self._days = np.array([days_named(t) for t in texts], dtype=np.int64)
+        self._derived_version = version
 
     def vocabulary(self, max_chars: int = VOCABULARY_MAX_CHARS) -> str:
         """The knowledge base's headings as one line, in order: the words callers will use."""
