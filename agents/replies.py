@@ -38,8 +38,10 @@ def decline_reply(topics: list[str]) -> str:
     """The honest answer to a question the knowledge does not answer."""
     if not topics:
         return DECLINE_REPLY
-    # Spoken in a sentence: "opening hours", but a name ("Juniper Street Bikes") as it is.
-    said = [t if _is_name(t) else t[:1].lower() + t[1:] for t in topics]
+    # Spoken in a sentence: "opening hours", but a name ("Juniper Street Bikes") as it is; a title in
+    # capitals ("FINDING US") as words, not letters to spell out.
+    titles = [t.title() if t.isupper() else t for t in topics]
+    said = [t if _is_name(t) else t[:1].lower() + t[1:] for t in titles]
     named = said[0] if len(said) == 1 else f"{', '.join(said[:-1])} and {said[-1]}"
     return DECLINE_REPLY + DECLINE_TOPICS.format(topics=named)
 

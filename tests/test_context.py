@@ -83,6 +83,7 @@ def test_a_declined_question_is_told_what_the_agent_can_help_with():
     assert reply.startswith(DECLINE_REPLY)
     assert reply.endswith("opening hours, rentals and Juniper Street Bikes.")
     assert decline_reply([]) == DECLINE_REPLY
+    assert decline_reply(["FINDING US", "Rentals"]).endswith("about Finding Us and rentals.")
 
 
 def test_a_continued_turn_becomes_one_question():
