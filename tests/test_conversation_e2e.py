@@ -84,7 +84,10 @@ async def test_a_short_pause_inside_a_question_keeps_it_one_turn(server):
     transcripts = result.of("user.transcript")
     assert {t["turn_id"] for t in transcripts} == {1}, f"split into turns: {transcripts}"
     final = transcripts[-1]["text"].lower()
-    assert "hi there" in final and "saturday" in final, f"the turn's text is {final!r}"
+    # The greeting's words (however Whisper hears them: "hi there", "hi, mayor") come before the
+    # question in the one turn's text.
+    greeting, _, question = final.partition("what time")
+    assert greeting.strip(" ,.!") and "saturday" in question, f"the turn's text is {final!r}"
     assert not result.of("agent.interrupted"), "nothing was said yet, so nothing was interrupted"
     assert len(result.of("agent.audio_done")) == 1, (
         "one question, one answer: the greeting got no answer of its own"
