@@ -145,10 +145,15 @@ class Shared:
     system_instruction: str
 
     def describe(self) -> dict[str, str]:
+        """Models by name, as Parley's /health names them: a report must not carry this machine's
+        paths (and two machines' reports then compare)."""
+        from voice.engines import model_name
+
+        stt = model_name(Path(self.stt_model)) if Path(self.stt_model).exists() else self.stt_model
         return {
-            "stt": f"{self.stt_model} ({self.device}/{self.compute_type}, WhisperSTTService defaults)",
-            "tts": f"{self.voice} (PiperTTSService, {self.output_rate} Hz)",
-            "llm": f"{self.llm.gguf} (embedded llama.cpp, OpenAILLMService)",
+            "stt": f"{stt} ({self.device}/{self.compute_type}, WhisperSTTService defaults)",
+            "tts": f"{model_name(self.voice)} (PiperTTSService, {self.output_rate} Hz)",
+            "llm": f"{model_name(self.llm.gguf)} (embedded llama.cpp, OpenAILLMService)",
         }
 
 

@@ -1,13 +1,17 @@
-"""The README documents every setting a user can change."""
+"""The README documents every setting a user can change, and the project speaks of itself alone."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 from voice.config import Settings
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
 
 
 def test_every_setting_is_in_the_readme_and_every_documented_one_exists():
@@ -27,3 +31,52 @@ def test_the_readme_states_each_default_the_code_has():
         actual = getattr(defaults, variable.removeprefix("PARLEY_").lower())
         if isinstance(actual, str | int | float) and not isinstance(actual, bool):
             assert str(actual) == documented, f"{variable}: README says {documented}, the code has {actual}"
+
+
+# A path that names this machine's layout: a home or cache folder, or an absolute path into one.
+MACHINE_PATH = re.compile(r"(?<![\w.])/(?:root|home|tmp|work|Users)/[\w.-]+")
+PROJECT_TEXT = ("*.py", "*.md", "*.json", "*.toml", "*.html", "*.yaml", "*.yml", "Makefile", "Dockerfile")
+
+
+def test_no_file_of_the_project_names_a_path_of_the_machine_it_was_made_on():
+    """A committed report, doc or script speaks of the project alone (and a report read on
+    another machine must not point at folders that are not there)."""
+    tracked = subprocess.run(
+        ["git", "ls-files", *PROJECT_TEXT, *(f"**/{p}" for p in PROJECT_TEXT)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    offenders = [
+        f"{name}: {m.group(0)}"
+        for name in sorted(set(tracked))
+        if name != "tests/test_docs.py"
+        for m in MACHINE_PATH.finditer((ROOT / name).read_text(encoding="utf-8", errors="replace"))
+    ]
+    assert not offenders, offenders
+
+
+def test_the_baseline_names_its_models_without_their_paths(tmp_path):
+    sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of scripts, not an installed package
+    from benchmarks.baseline_server import Shared
+
+    stt = tmp_path / "whisper-base"
+    stt.mkdir()
+    voice = tmp_path / "piper-joe-medium" / "voice.onnx"
+    gguf = tmp_path / "qwen2.5-0.5b-instruct" / "model.gguf"
+    shared = Shared(
+        settings=None,
+        stt_model=str(stt),
+        device="cpu",
+        compute_type="int8",
+        voice=voice,
+        output_rate=22050,
+        llm=types.SimpleNamespace(gguf=gguf),
+        system_instruction="",
+    )
+    described = shared.describe()
+    assert str(tmp_path) not in " ".join(described.values())
+    assert described["stt"].startswith("whisper-base ")
+    assert described["tts"].startswith("piper-joe-medium ")
+    assert described["llm"].startswith("qwen2.5-0.5b-instruct ")
