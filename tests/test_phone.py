@@ -543,7 +543,8 @@ async def test_a_key_with_a_reply_is_a_turn_answered_with_that_reply_not_by_the_
 
 async def test_a_key_cuts_off_the_agent_and_the_caller_stops_hearing_it():
     session, worker, socket = fake_session(dtmf_replies={"0": "Transferring you."})
-    session._agent_active = session._answer_audible = True  # the agent is mid-answer
+    session.flow.turn_ended("What time do you open?")  # the agent is mid-answer, and heard
+    session.flow.audio_sent()
     await session._keypad("0")
     await settle(session)
     assert isinstance(worker.queued[0], InterruptionWorkerFrame)

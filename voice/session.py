@@ -37,12 +37,14 @@ from agents.context import (
 from agents.llm import make_llm_stage, prompt_renderer
 from agents.speculation import PromptPrefill
 from voice import protocol
+from voice.audio import PIPELINE_SAMPLE_RATE
 from voice.config import Settings
+from voice.conversation import Interruption, TurnFlow
 from voice.echo import EchoGuard
 from voice.engines import Engines
 from voice.metrics import Metrics
 from voice.playback import PlaybackLedger
-from voice.stt import WHISPER_SAMPLE_RATE, WhisperSTTStage
+from voice.stt import WhisperSTTStage
 from voice.tracing import Moment, TurnTracer
 from voice.transports.websocket import make_transport
 from voice.transports.wire import Wire, WireHooks
@@ -63,9 +65,6 @@ NS_PER_S = 1_000_000_000
 # How long a typed turn waits for the interruption of the previous answer to pass through the
 # pipeline (it takes a few ms; the bound only guards against a stuck stage).
 INTERRUPT_SETTLE_TIMEOUT_S = 1.0
-# A cut-off answer can be resumed ("what were you saying?") for this many turns after it: enough
-# for a "hold on" and its reply, not so many that the old answer comes back out of the blue.
-RESUME_WINDOW_TURNS = 3
 # Audio at this rate or below carries only the telephone band (up to 4 kHz): Whisper needs a wider
 # beam to hear it well (Settings.stt_narrowband_beam_size).
 NARROWBAND_MAX_RATE = 8000
@@ -103,32 +102,13 @@ class Session(TurnHooks):
         self._settings = settings
         self.end_reason: str | None = None  # the first reason given wins
         self.tracer = TurnTracer(time.monotonic_ns)
-        self.turn_id = 0
-        self._agent_active = False  # an answer is being prepared or played
-        self._typed_pending: str | None = None  # text of a typed turn on its way to the agent
+        self.flow = TurnFlow(self.tracer.now_ns)  # where the conversation is: every turn-state fact
         self._typed_tasks: set[asyncio.Task] = set()
-        self._scripted_replies: dict[str, str] = {}  # typed turn text → reply spoken without the LLM
         self._stop_task: asyncio.Task | None = None
-        self._response_started = False  # the LLM began answering the current turn
-        self._output_muted = False  # between an interruption and the next turn: no agent audio goes out
-        self._resuming = False  # the answer is being re-run after noise cut it off
-        self._user_speaking = False  # between the VAD's speech start and stop
-        self._interrupt_seen = asyncio.Event()
-        self._answer_audible = False  # the current answer's first audio has gone out
-        self._continues: str | None = None  # text of a turn the user is still continuing
-        self._last_user_text = ""
         self._worker: PipelineWorker | None = None
         self._metrics = metrics
         self.playback = PlaybackLedger(engines.tts.sample_rate, time.monotonic_ns)
-        self._floor_open = asyncio.Event()  # cleared while the agent is held by the user's sound
-        self._floor_open.set()
-        self._hold: tuple[int, int] | None = None  # (speech onset, last agent audio sent) of a hold
-        self._last_audio_ns = 0
-        self._cut_off_turn: int | None = None  # an interrupted answer whose history awaits the heard text
         self._echo = EchoGuard() if settings.echo_guard else None
-        self._history_settled = asyncio.Event()  # the last interruption has passed the assistant history
-        self._unsaid = ""  # the rest of the last cut-off answer, for "what were you saying?"
-        self._unsaid_until_turn = 0
         self._prefill: PromptPrefill | None = None
 
     def _stt_beam_size(self) -> int | None:
@@ -167,7 +147,7 @@ class Session(TurnHooks):
                 on_keypad=self._keypad,
                 on_hang_up=self._hang_up,
                 on_audio_sent=self._audio_sent,
-                wait_for_floor=self._floor_open.wait,
+                wait_for_floor=self.flow.floor_open.wait,
                 on_playback=self.playback.report,
                 playback_position=lambda: (self.playback.turn_id, self.playback.sent_ms),
                 output_sample_rate=self.output_sample_rate,
@@ -226,7 +206,7 @@ class Session(TurnHooks):
         worker = PipelineWorker(
             pipeline,
             params=PipelineParams(
-                audio_in_sample_rate=WHISPER_SAMPLE_RATE, audio_out_sample_rate=self.output_sample_rate
+                audio_in_sample_rate=PIPELINE_SAMPLE_RATE, audio_out_sample_rate=self.output_sample_rate
             ),
             enable_rtvi=False,  # Parley speaks its own protocol; RTVI would add ~100 messages a session
             idle_timeout_secs=None,  # a silent caller is not an error; the socket closing ends the session
@@ -267,13 +247,13 @@ class Session(TurnHooks):
                 "session %s (%s): ended after %d turns: %s",
                 self.id,
                 self._wire.kind,
-                self.turn_id,
+                self.flow.turn_id,
                 self.end_reason,
             )
 
     async def stop(self, reason: str = EndReason.STOPPED) -> None:
         self.end_reason = self.end_reason or reason
-        self._floor_open.set()
+        self.flow.end()
         for task in list(self._typed_tasks):
             task.cancel()
         if self._worker is not None and not self._worker.has_finished():
@@ -281,9 +261,9 @@ class Session(TurnHooks):
 
     # --- hooks from the pipeline -----------------------------------------------------------------
 
-    async def _typed_text(self, text: str) -> None:
+    async def _typed_text(self, text: str, reply: str | None = None) -> None:
         """A typed turn, handed off so the transport's receive loop keeps reading audio."""
-        task = asyncio.create_task(self._typed_turn(text))
+        task = asyncio.create_task(self._typed_turn(text, reply))
         self._typed_tasks.add(task)
         task.add_done_callback(self._typed_tasks.discard)
 
@@ -297,9 +277,7 @@ class Session(TurnHooks):
             )
             return
         log.info("session %s: caller pressed %s", self.id, digit)
-        text = KEYPAD_TURN_TEXT.format(digit=digit)
-        self._scripted_replies[text] = reply
-        await self._typed_text(text)
+        await self._typed_text(KEYPAD_TURN_TEXT.format(digit=digit), reply)
 
     async def _hang_up(self, reason: str) -> None:
         """The far end ended the call. Stopped from a task of its own: this is called from the
@@ -316,128 +294,117 @@ class Session(TurnHooks):
         await asyncio.sleep(HANG_UP_CLOSE_GRACE_S)
         await self.stop(EndReason.HUNG_UP)
 
-    async def _typed_turn(self, text: str) -> None:
-        """Interrupts the agent like speech would, then goes straight to the agent."""
-        if self._agent_active:
+    async def _typed_turn(self, text: str, reply: str | None) -> None:
+        """Interrupts the agent like speech would, then goes straight to the agent (or, with a
+        `reply`, to that reply)."""
+        if self.flow.typed_turn(text, reply):
             # The interruption travels the pipeline on its own; the new turn must start after it,
             # or it would be the one cancelled.
-            self._interrupt_seen.clear()
             await self._worker.queue_frame(InterruptionWorkerFrame())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._interrupt_seen.wait(), INTERRUPT_SETTLE_TIMEOUT_S)
-        self._typed_pending = text
+                await asyncio.wait_for(self.flow.interruption_passed.wait(), INTERRUPT_SETTLE_TIMEOUT_S)
         await self._worker.queue_frame(
             LLMMessagesAppendFrame(messages=[{"role": "user", "content": text}], run_llm=True)
         )
 
     def _audio_sent(self, nbytes: int) -> bool:
         """The serializer asks before each agent audio chunk goes out; False drops it."""
-        if self._output_muted:
+        if not self.flow.audio_sent():
             return False  # the rest of an interrupted answer, still on its way through the pipeline
-        self._answer_audible = True
-        self._last_audio_ns = self.tracer.now_ns()
         self.playback.sent(nbytes)
-        self.tracer.mark(Moment.FIRST_AUDIO_SENT, self._last_audio_ns)
+        self.tracer.mark(Moment.FIRST_AUDIO_SENT, self.flow.last_audio_ns)
         return True
 
     # --- the floor (called by the barge-in strategy) ---------------------------------------------
 
     def agent_audible(self) -> bool:
-        return self._agent_active and self._answer_audible and not self._output_muted
+        return self.flow.agent_audible
 
     def agent_recent_text(self) -> str:
         return self.playback.recent_text()
 
     async def hold_agent(self) -> None:
-        self._floor_open.clear()
+        # The VAD speaks once it has heard vad_start_secs of speech: the sound began that long ago.
         onset = self.tracer.now_ns() - int(self._settings.vad_start_secs * NS_PER_S)
-        self._hold = (onset, self._last_audio_ns)
+        if not self.flow.hold(onset):
+            return
         log.info("session %s turn %d: user sound while the agent talks; holding", self.id, self.turn_id)
         await self.send(protocol.AgentPaused(turn_id=self.turn_id))
 
     async def release_agent(self, reason: str) -> None:
-        self._hold = None
-        self._floor_open.set()
+        if not self.flow.release():
+            return
         log.info("session %s turn %d: not an interruption (%s); resuming", self.id, self.turn_id, reason)
         if self._metrics is not None:
             self._metrics.false_interruption(reason)
         await self.send(protocol.AgentResumed(turn_id=self.turn_id, reason=reason))
 
     async def user_speech_started(self) -> None:
-        self._user_speaking = True
+        self.flow.user_started()
         await self.send(protocol.UserSpeechStarted())
 
     async def user_speech_stopped(self, stop_secs: float) -> None:
-        self._user_speaking = False
+        self.flow.user_stopped()
         now = self.tracer.now_ns()
         self.tracer.mark_pending(Moment.VAD_STOPPED, now)
         # The VAD speaks after stop_secs of silence; the user really stopped that long ago.
         self.tracer.mark_pending(Moment.USER_STOPPED, now - int(stop_secs * NS_PER_S))
         await self.send(protocol.UserSpeechStopped())
 
+    @property
+    def turn_id(self) -> int:
+        return self.flow.turn_id
+
     async def turn_ended(self, text: str) -> str | None:
         """The user's turn is over. Returns a reply to speak instead of asking the LLM, if any."""
-        resumed, self._resuming = self._resuming, False
-        typed = self._typed_pending is not None and text == self._typed_pending
-        if typed:
-            self._typed_pending = None
-        self._output_muted = False
-        self._response_started = False
-        self._agent_active = True
-        self._answer_audible = False
-        self._floor_open.set()
-        self._hold = None
-        if self._cut_off_turn is not None:
-            # A barge-in's turn can end moments after it began: let the interruption pass the
-            # assistant history first, or its version of the cut-off answer would land after this.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._history_settled.wait(), INTERRUPT_SETTLE_TIMEOUT_S)
-            record_heard_answer(self._context.get_messages(), self.playback.heard_text())
-            self._unsaid = self.playback.unheard_text()
-            self._unsaid_until_turn = self._cut_off_turn + RESUME_WINDOW_TURNS
-            self._cut_off_turn = None
-        if resumed:
-            # The same question again, after noise cut the first attempt off: same turn, same text.
+        end = self.flow.turn_ended(text)
+        if end.after_cut_off:
+            await self._settle_cut_off()
+        if end.repeat:
             self.playback.new_answer(self.turn_id)
-            self.tracer.start_turn(self.turn_id, typed=True)
+            self.tracer.start_turn(self.turn_id, typed=True)  # the speech was timed the first time
             return None
-        if self._continues is not None:
-            # The user resumed before hearing anything: same turn, the whole question.
-            merged = merge_continued_turn(self._context.get_messages(), self._continues)
+        merged = None
+        if end.continues is not None:
+            # The user resumed before hearing anything: the same turn, the whole question.
+            merged = merge_continued_turn(self._context.get_messages(), end.continues)
             if merged is not None:
                 self._knowledge.forget_last()
                 text = merged
-            else:
-                self.turn_id += 1
-        else:
-            self.turn_id += 1
-        self._continues = None
-        self._last_user_text = text
+        self.flow.number_turn(text, merged=merged is not None)
         self.playback.new_answer(self.turn_id)
-        record = self.tracer.start_turn(self.turn_id, typed=typed)
+        record = self.tracer.start_turn(self.turn_id, typed=end.typed)
         record.text_chars = len(text)
         await self.send(protocol.UserTranscript(turn_id=self.turn_id, text=text))
-        if self._user_speaking and not typed:
+        if self.flow.user_speaking and not end.typed:
             # The pause ran out just as the user started again: their interruption went by before
             # this turn did, so cancel its answer now; the turn continues with what they say next.
             await self._worker.queue_frame(InterruptionWorkerFrame())
             return None
-        if typed and (reply := self._scripted_replies.pop(text, None)) is not None:
+        if (reply := self.flow.answer.reply) is not None:
             return reply  # a keypad press: the deployment's reply, as it is
-        if self._unsaid and self.turn_id <= self._unsaid_until_turn and is_resume_request(text):
+        if self.flow.resumable() and is_resume_request(text):
             # Said from what the agent had prepared: the small default LLM tends to repeat the
             # question back instead of continuing its own cut-off answer.
-            reply, self._unsaid = f"{RESUME_PREFIX} {self._unsaid}", ""
             log.info("session %s turn %d: resuming the cut-off answer", self.id, self.turn_id)
-            return reply
+            return f"{RESUME_PREFIX} {self.flow.take_unsaid()}"
         return None
+
+    async def _settle_cut_off(self) -> None:
+        """The turn before was cut off: its history is corrected to what the user heard."""
+        # A barge-in's turn can end moments after it began: let the interruption pass the
+        # assistant history first, or its version of the cut-off answer would land after this.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flow.history_settled.wait(), INTERRUPT_SETTLE_TIMEOUT_S)
+        record_heard_answer(self._context.get_messages(), self.playback.heard_text())
+        self.flow.cut_off_settled(self.playback.unheard_text())
 
     async def _turn_settled(self, text: str) -> None:
         """Every word is in and the pause that ends the turn is running: start on the answer's
         prompt (nothing is said or stored until the turn really ends)."""
         # Not after a cut-off answer: turn_ended rewrites the history to what was heard, so the
         # prompt prefilled now would not be the one sent.
-        if self._prefill is not None and not self._agent_active and self._cut_off_turn is None:
+        if self._prefill is not None and not self.flow.answering and not self.flow.history_pending:
             await self._knowledge.speculate(self._context.get_messages(), text)
 
     async def _speech_resumed(self) -> None:
@@ -449,62 +416,47 @@ class Session(TurnHooks):
     async def _nothing_heard(self) -> None:
         """The user's sound had no words (a cough, a door). If it cut off an answer nobody had
         heard yet, ask again: the question still stands."""
-        if self._continues is None or self._agent_active:
+        if not self.flow.nothing_heard():
             return
         log.info(
             "session %s: noise interrupted an unheard answer; answering turn %d again", self.id, self.turn_id
         )
-        self._continues = None
-        self._resuming = True
         await self._worker.queue_frame(LLMRunFrame())
 
     def llm_response_started(self) -> None:
-        if self._agent_active:
-            self._response_started = True
+        self.flow.answer_started()
 
     def response_in_progress(self) -> bool:
-        """False for the tail of an answer that was cancelled before the current turn began."""
-        return self._agent_active and self._response_started
+        return self.flow.response_in_progress
 
     def answer_cut_off(self) -> bool:
-        """True from an interruption until the next turn: what is left of the answer goes nowhere."""
-        return self._output_muted
+        return self.flow.cut_off
 
     async def interrupted(self) -> None:
-        self._interrupt_seen.set()
-        if not self._agent_active:
-            return  # pipecat interrupts at every turn start; only an agent that was busy is "interrupted"
-        self._agent_active = False
-        self._output_muted = True
-        hold, self._hold = self._hold, None
-        self._floor_open.set()  # a chunk waiting for the floor now goes nowhere (muted)
-        if not self._answer_audible:
-            # Nothing was heard yet: the user is continuing their turn, not cutting the agent off.
-            self._continues = self._last_user_text
+        # pipecat interrupts at every turn start; only an answer the user was hearing is cut off (one
+        # nobody heard yet means the user is continuing their turn).
+        if self.flow.interrupted() is not Interruption.CUT_OFF:
             return
         record = self.tracer.current
         if record is not None:
             record.interrupted = True
-            if hold is not None:
-                self.tracer.mark(Moment.BARGE_IN_ONSET, hold[0])
-                self.tracer.mark(Moment.BARGE_IN_LAST_AUDIO, hold[1])
+            if (hold := self.flow.answer.barge_in) is not None:
+                self.tracer.mark(Moment.BARGE_IN_ONSET, hold.onset_ns)
+                self.tracer.mark(Moment.BARGE_IN_LAST_AUDIO, hold.last_audio_ns)
         self.playback.stop()
         if self._echo is not None:
             self._echo.reset()  # the client drops the audio it held: that echo will never come
-        self._cut_off_turn = self.turn_id
-        self._history_settled.clear()
         await self.send(
             protocol.AgentInterrupted(turn_id=self.turn_id, heard_text=self.playback.heard_text())
         )
         await self._send_trace()
 
     def history_settled(self) -> None:
-        self._history_settled.set()
+        self.flow.history_settled.set()
 
     async def audio_done(self) -> None:
-        if not self.response_in_progress():
+        if not self.flow.audio_done():
             return
-        self._agent_active = False
         self.tracer.mark(Moment.AUDIO_DONE)
         await self.send(protocol.AgentAudioDone(turn_id=self.turn_id))
         await self._send_trace()
