@@ -7,6 +7,8 @@ import soxr
 
 INT16_SCALE = 32768.0
 BYTES_PER_SAMPLE = 2  # mono s16le, the only PCM format on the wire
+# The caller's audio inside the pipeline: the one rate Silero VAD, Smart Turn and Whisper all take.
+PIPELINE_SAMPLE_RATE = 16_000
 # 'HQ' is transparent for speech and costs ~0.1 ms per 20 ms frame; 'VHQ' buys nothing audible.
 RESAMPLE_QUALITY = "HQ"
 

@@ -22,14 +22,14 @@ from pipecat.services.settings import STTSettings
 from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.utils.time import time_now_iso8601
 
-from voice.audio import pcm16_to_float
+from voice.audio import PIPELINE_SAMPLE_RATE, pcm16_to_float
 from voice.end_of_turn import TURN_CONTEXT_S, SmartTurnEngine
 from voice.tracing import Moment, TurnTracer
 from voice.turns import SpeechSegmentDoneFrame
 
 log = logging.getLogger(__name__)
 
-WHISPER_SAMPLE_RATE = 16_000  # Whisper's only input rate
+WHISPER_SAMPLE_RATE = PIPELINE_SAMPLE_RATE  # Whisper's only input rate
 # Whisper's own "no speech" probability above which a segment is dropped: a cough or a click
 # then yields no words instead of a hallucinated "Thank you."
 NO_SPEECH_THRESHOLD = 0.6

@@ -22,7 +22,6 @@ import base64
 import binascii
 import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Annotated, Literal
 
@@ -39,12 +38,11 @@ from pipecat.serializers.twilio import TwilioFrameSerializer
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from voice import protocol
-from voice.audio import StreamResampler
+from voice.audio import PIPELINE_SAMPLE_RATE
 from voice.config import DTMF_KEYS
 from voice.narrowband import LowDelayResampler
 from voice.protocol import ProtocolError
-from voice.stt import WHISPER_SAMPLE_RATE
-from voice.transports.wire import Wire, WireHooks, receive_before
+from voice.transports.wire import AudioPath, Wire, WireHooks, receive_before
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +238,7 @@ class TwilioWireSerializer(TwilioFrameSerializer):
             # No hang-up through Twilio's REST API: the call ends when the stream does (Twilio's
             # `stop`, or the socket closing), and Parley holds no account credentials.
             params=TwilioFrameSerializer.InputParams(
-                twilio_sample_rate=TWILIO_SAMPLE_RATE, sample_rate=WHISPER_SAMPLE_RATE, auto_hang_up=False
+                twilio_sample_rate=TWILIO_SAMPLE_RATE, sample_rate=PIPELINE_SAMPLE_RATE, auto_hang_up=False
             ),
         )
         # Both directions resampled with 3 ms of delay instead of pipecat's block-wise soxr stream,
@@ -251,19 +249,12 @@ class TwilioWireSerializer(TwilioFrameSerializer):
         self._hooks = hooks
         self._marks = marks
         self._stopped = False
-        # The echo guard hears both directions at 16 kHz: the caller's audio, and the agent's as sent.
-        self._echo = hooks.echo_guard
-        self._echo_resampler = StreamResampler(hooks.output_sample_rate, WHISPER_SAMPLE_RATE)
+        self._audio_path = AudioPath(hooks)
 
     async def serialize(self, frame: Frame) -> str | bytes | None:
         if isinstance(frame, OutputAudioRawFrame):
-            # Paced in real time by the output transport: waiting here holds the agent's voice
-            # (while a caller's sound is judged) without losing its place.
-            await self._hooks.wait_for_floor()
-            if not self._hooks.on_audio_sent(len(frame.audio)):
+            if not await self._audio_path.outgoing(frame.audio):
                 return None
-            if self._echo is not None:
-                self._echo.played(self._echo_resampler.process(frame.audio), time.monotonic_ns())
             return await super().serialize(frame)  # μ-law at 8 kHz in a `media` message
         if isinstance(frame, OutputTransportMessageFrame | OutputTransportMessageUrgentFrame):
             if frame.message.get("type") == "agent.text":
@@ -315,15 +306,15 @@ class TwilioWireSerializer(TwilioFrameSerializer):
         # μ-law at 8 kHz → PCM at 16 kHz, as pipecat's own deserialize does, without parsing the
         # message and its base64 a second time.
         audio = (
-            await ulaw_to_pcm(ulaw, TWILIO_SAMPLE_RATE, WHISPER_SAMPLE_RATE, self._input_resampler)
+            await ulaw_to_pcm(ulaw, TWILIO_SAMPLE_RATE, PIPELINE_SAMPLE_RATE, self._input_resampler)
             if ulaw
             else b""
         )
         if not audio:
             return None
-        if self._echo is not None:
-            audio = self._echo.filter(audio, time.monotonic_ns())
-        return InputAudioRawFrame(audio=audio, num_channels=1, sample_rate=WHISPER_SAMPLE_RATE)
+        return InputAudioRawFrame(
+            audio=self._audio_path.incoming(audio), num_channels=1, sample_rate=PIPELINE_SAMPLE_RATE
+        )
 
 
 class TwilioWire(Wire):

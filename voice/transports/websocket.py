@@ -9,8 +9,6 @@ raise: one bad message must not end the session.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Awaitable, Callable
 
 from fastapi import WebSocket
 from pipecat.frames.frames import (
@@ -25,10 +23,8 @@ from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPI
 from pydantic import BaseModel
 
 from voice import protocol
-from voice.audio import StreamResampler
-from voice.echo import EchoGuard
-from voice.stt import WHISPER_SAMPLE_RATE
-from voice.transports.wire import ErrorSink, TextSink, Wire, WireHooks
+from voice.audio import PIPELINE_SAMPLE_RATE, StreamResampler
+from voice.transports.wire import AudioPath, Wire, WireHooks
 
 log = logging.getLogger(__name__)
 
@@ -36,40 +32,16 @@ log = logging.getLogger(__name__)
 class ParleyWireSerializer(FrameSerializer):
     """Parley's `/ws` wire format: JSON text events and raw PCM s16le binary frames."""
 
-    def __init__(
-        self,
-        input_sample_rate: int,
-        on_error: ErrorSink,
-        on_text: TextSink,
-        on_audio_sent: Callable[[int], bool],
-        wait_for_floor: Callable[[], Awaitable[object]],
-        on_playback: Callable[[int, float], None],
-        output_sample_rate: int,
-        echo_guard: EchoGuard | None = None,
-    ):
+    def __init__(self, input_sample_rate: int, hooks: WireHooks):
         super().__init__()
         self._input_rate = input_sample_rate
-        self._resampler = StreamResampler(input_sample_rate, WHISPER_SAMPLE_RATE)
-        self._on_error = on_error
-        self._on_text = on_text
-        self._on_audio_sent = on_audio_sent
-        self._wait_for_floor = wait_for_floor
-        self._on_playback = on_playback
-        # The guard hears both directions at 16 kHz: the caller's audio, and the agent's as sent.
-        self._echo = echo_guard
-        self._echo_resampler = StreamResampler(output_sample_rate, WHISPER_SAMPLE_RATE)
+        self._resampler = StreamResampler(input_sample_rate, PIPELINE_SAMPLE_RATE)
+        self._hooks = hooks
+        self._audio_path = AudioPath(hooks)
 
     async def serialize(self, frame: Frame) -> str | bytes | None:
         if isinstance(frame, OutputAudioRawFrame):
-            # The output transport paces these in real time, one at a time: waiting here pauses the
-            # agent's voice (while a user's sound is judged) without losing its place.
-            await self._wait_for_floor()
-            # This is the moment the bytes go out, unless the session says the answer was cut off.
-            if not self._on_audio_sent(len(frame.audio)):
-                return None
-            if self._echo is not None:
-                self._echo.played(self._echo_resampler.process(frame.audio), time.monotonic_ns())
-            return frame.audio
+            return frame.audio if await self._audio_path.outgoing(frame.audio) else None
         if isinstance(frame, OutputTransportMessageFrame | OutputTransportMessageUrgentFrame):
             return protocol.json_dumps(frame.message)
         return None  # interruptions are announced by the session, with the turn id
@@ -80,11 +52,11 @@ class ParleyWireSerializer(FrameSerializer):
                 return self._audio(data)
             return await self._text(data)
         except protocol.ProtocolError as exc:
-            await self._on_error(exc)
+            await self._hooks.on_error(exc)
             return None
         except Exception:  # noqa: BLE001 - a bug here must not end the session: report and read on
             log.exception("could not handle a client message")
-            await self._on_error(
+            await self._hooks.on_error(
                 protocol.ProtocolError(
                     "internal", "That message could not be handled (server bug, logged); carry on."
                 )
@@ -111,9 +83,9 @@ class ParleyWireSerializer(FrameSerializer):
         pcm = self._resampler.process(data)
         if not pcm:
             return None
-        if self._echo is not None:
-            pcm = self._echo.filter(pcm, time.monotonic_ns())
-        return InputAudioRawFrame(audio=pcm, sample_rate=WHISPER_SAMPLE_RATE, num_channels=1)
+        return InputAudioRawFrame(
+            audio=self._audio_path.incoming(pcm), sample_rate=PIPELINE_SAMPLE_RATE, num_channels=1
+        )
 
     async def _text(self, data: str) -> Frame | None:
         if len(data.encode("utf-8", errors="replace")) > protocol.MAX_MESSAGE_BYTES:
@@ -127,9 +99,9 @@ class ParleyWireSerializer(FrameSerializer):
                 "The session has already started: send audio or input_text (reconnect to change the sample rate).",
             )
         if isinstance(message, protocol.Playback):
-            self._on_playback(message.turn_id, message.played_ms)
+            self._hooks.on_playback(message.turn_id, message.played_ms)
         else:
-            await self._on_text(message.text)
+            await self._hooks.on_text(message.text)
         return None
 
 
@@ -143,16 +115,7 @@ class ParleyWire(Wire):
         self.input_sample_rate = input_sample_rate
 
     def serializer(self, hooks: WireHooks) -> ParleyWireSerializer:
-        return ParleyWireSerializer(
-            self.input_sample_rate,
-            on_error=hooks.on_error,
-            on_text=hooks.on_text,
-            on_audio_sent=hooks.on_audio_sent,
-            wait_for_floor=hooks.wait_for_floor,
-            on_playback=hooks.on_playback,
-            output_sample_rate=hooks.output_sample_rate,
-            echo_guard=hooks.echo_guard,
-        )
+        return ParleyWireSerializer(self.input_sample_rate, hooks)
 
     async def send(self, event: BaseModel) -> None:
         await self.send_text(protocol.json_dumps(event.model_dump()))
@@ -166,7 +129,7 @@ def make_transport(websocket: WebSocket, serializer: FrameSerializer, output_rat
             serializer=serializer,
             audio_in_enabled=True,
             audio_out_enabled=True,
-            audio_in_sample_rate=WHISPER_SAMPLE_RATE,
+            audio_in_sample_rate=PIPELINE_SAMPLE_RATE,
             audio_out_sample_rate=output_rate,
             # 2 s of trailing silence at the end would only delay the close.
             audio_out_end_silence_secs=0,

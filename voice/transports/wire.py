@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pipecat.serializers.base_serializer import FrameSerializer
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from voice.audio import PIPELINE_SAMPLE_RATE, StreamResampler
 from voice.echo import EchoGuard
 from voice.protocol import ProtocolError
 
@@ -58,6 +60,36 @@ class WireHooks:
     playback_position: Callable[[], tuple[int, float]]  # (turn id, ms of its audio sent so far)
     output_sample_rate: int  # the agent's audio as the pipeline makes it (the TTS voice's rate)
     echo_guard: EchoGuard | None = None
+
+
+class AudioPath:
+    """The audio both wires share, whatever their format: the agent's audio on its way out (it
+    waits while the agent is held, is dropped once the answer is cut off, and is heard by the echo
+    guard as sent), and the caller's on its way in (the agent's echo taken out), at the pipeline's
+    rate in both directions."""
+
+    def __init__(self, hooks: WireHooks):
+        self._hooks = hooks
+        self._echo = hooks.echo_guard
+        self._echo_resampler = StreamResampler(hooks.output_sample_rate, PIPELINE_SAMPLE_RATE)
+
+    async def outgoing(self, audio: bytes) -> bool:
+        """Call just before a chunk of the agent's audio goes out. False: drop it."""
+        # The output transport paces chunks in real time, one at a time: waiting here pauses the
+        # agent's voice (while a caller's sound is judged) without losing its place.
+        await self._hooks.wait_for_floor()
+        # This is the moment the bytes go out, unless the session says the answer was cut off.
+        if not self._hooks.on_audio_sent(len(audio)):
+            return False
+        if self._echo is not None:
+            self._echo.played(self._echo_resampler.process(audio), time.monotonic_ns())
+        return True
+
+    def incoming(self, pcm: bytes) -> bytes:
+        """The caller's audio (at the pipeline's rate), with the agent's own voice taken out."""
+        if self._echo is None:
+            return pcm
+        return self._echo.filter(pcm, time.monotonic_ns())
 
 
 class Wire(ABC):

@@ -1,0 +1,154 @@
+"""Both wires (`/ws` and a phone call) send the agent's audio and take in the caller's through one
+path (voice/transports/wire.AudioPath): held while the user's sound is judged, dropped once the
+answer is cut off, and heard by the echo guard exactly as it went out."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import numpy as np
+import pytest
+from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame
+from starlette.websockets import WebSocketState
+
+from voice.audio import PIPELINE_SAMPLE_RATE
+from voice.transports.twilio import StreamStart, TwilioWire
+from voice.transports.websocket import ParleyWire
+from voice.transports.wire import WireHooks
+
+OUTPUT_RATE = 22050
+CHUNK = OutputAudioRawFrame(audio=b"\x10\x00" * 441, sample_rate=OUTPUT_RATE, num_channels=1)  # 20 ms
+
+
+class Socket:
+    client_state = WebSocketState.CONNECTED
+
+
+class Session:
+    """What a session tells the wire: whether the floor is open, and whether audio may go out."""
+
+    def __init__(self):
+        self.floor = asyncio.Event()
+        self.floor.set()
+        self.cut_off = False
+        self.sent_bytes = 0
+
+    def audio_sent(self, nbytes: int) -> bool:
+        if self.cut_off:
+            return False
+        self.sent_bytes += nbytes
+        return True
+
+
+class RecordingEcho:
+    """An echo guard that records what it was told was played, and takes everything for echo."""
+
+    def __init__(self):
+        self.recorded: list[bytes] = []
+
+    def played(self, pcm: bytes, _now_ns: int) -> None:
+        self.recorded.append(pcm)
+
+    def filter(self, pcm: bytes, _now_ns: int) -> bytes:
+        return b"\x00" * len(pcm)
+
+
+def hooks(session: Session, echo) -> WireHooks:
+    async def nothing(*_):
+        return None
+
+    return WireHooks(
+        on_error=nothing,
+        on_text=nothing,
+        on_keypad=nothing,
+        on_hang_up=nothing,
+        on_audio_sent=session.audio_sent,
+        wait_for_floor=session.floor.wait,
+        on_playback=lambda *_: None,
+        playback_position=lambda: (1, 0.0),
+        output_sample_rate=OUTPUT_RATE,
+        echo_guard=echo,
+    )
+
+
+async def make_serializer(kind: str, session: Session, echo=None):
+    if kind == "ws":
+        return ParleyWire(Socket(), PIPELINE_SAMPLE_RATE).serializer(hooks(session, echo))
+    serializer = TwilioWire(Socket(), StreamStart(streamSid="MZ1", callSid="CA1")).serializer(
+        hooks(session, echo)
+    )
+    await serializer.setup(type("Setup", (), {"audio_in_sample_rate": PIPELINE_SAMPLE_RATE})())
+    return serializer
+
+
+WIRES = ["ws", "phone"]
+
+
+@pytest.mark.parametrize("kind", WIRES)
+async def test_the_agents_audio_goes_out_while_the_floor_is_open(kind):
+    session = Session()
+    serializer = await make_serializer(kind, session)
+    assert await serializer.serialize(CHUNK)
+    assert session.sent_bytes == len(CHUNK.audio)
+
+
+@pytest.mark.parametrize("kind", WIRES)
+async def test_a_held_agent_goes_quiet_and_carries_on_from_the_same_chunk(kind):
+    session = Session()
+    serializer = await make_serializer(kind, session)
+    session.floor.clear()
+    pending = asyncio.create_task(serializer.serialize(CHUNK))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not pending.done(), "while held, the chunk waits"
+    assert session.sent_bytes == 0
+    session.floor.set()
+    assert await pending, "released, the same chunk goes out"
+    assert session.sent_bytes == len(CHUNK.audio)
+
+
+@pytest.mark.parametrize("kind", WIRES)
+async def test_the_rest_of_a_cut_off_answer_never_reaches_the_caller(kind):
+    session = Session()
+    echo = RecordingEcho()
+    serializer = await make_serializer(kind, session, echo)
+    session.cut_off = True
+    assert await serializer.serialize(CHUNK) is None
+    assert echo.recorded == [], "audio that did not go out cannot come back as echo"
+
+
+@pytest.mark.parametrize("kind", WIRES)
+async def test_the_echo_guard_hears_the_agent_as_sent_at_the_pipeline_rate(kind):
+    session = Session()
+    echo = RecordingEcho()
+    serializer = await make_serializer(kind, session, echo)
+    for _ in range(10):
+        await serializer.serialize(CHUNK)
+    heard = b"".join(echo.recorded)
+    sent_ms = 10 * 20
+    heard_ms = len(heard) / 2 / PIPELINE_SAMPLE_RATE * 1000
+    # The stream resampler holds back its filter's delay (~30 ms); the rest arrives, at 16 kHz.
+    assert sent_ms - 50 < heard_ms <= sent_ms
+
+
+@pytest.mark.parametrize("kind", WIRES)
+async def test_the_callers_audio_reaches_the_pipeline_through_the_echo_guard(kind):
+    session = Session()
+    serializer = await make_serializer(kind, session, RecordingEcho())
+    tone = (np.sin(np.arange(320) / 5) * 8000).astype("<i2").tobytes()  # 20 ms at 16 kHz
+    if kind == "ws":
+        frames = [await serializer.deserialize(tone) for _ in range(5)]
+    else:
+        from clients.phone import ulaw_encode
+        from voice.audio import resample_pcm16
+
+        payload = base64.b64encode(ulaw_encode(resample_pcm16(tone, PIPELINE_SAMPLE_RATE, 8000))).decode()
+        media = json.dumps(
+            {"event": "media", "streamSid": "MZ1", "media": {"track": "inbound", "payload": payload}}
+        )
+        frames = [await serializer.deserialize(media) for _ in range(5)]
+    audio = [f for f in frames if isinstance(f, InputAudioRawFrame)]
+    assert audio and all(f.sample_rate == PIPELINE_SAMPLE_RATE for f in audio)
+    assert all(not any(f.audio) for f in audio), "the guard's verdict (all echo here) is what the VAD hears"
