@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # The model's own threshold: it is trained with sigmoid outputs, 0.5 meaning "as likely as not".
 COMPLETE_PROBABILITY = 0.5
+# The bare model call of pipecat's analyzer (not public; see tests/test_pipecat_internals.py).
+PIPECAT_PREDICT = "_predict_endpoint"
 # Smart Turn looks at the last 8 s of a turn; a pause inside a question can be a couple of seconds
 # from its start, so recent segments are judged together with the new one.
 TURN_CONTEXT_S = 8.0
@@ -62,7 +64,7 @@ class SmartTurnEngine:
         with self._lock:
             # pipecat's analyzer keeps its per-stream buffering elsewhere; this is the bare model
             # call (pinned pipecat version, see pyproject.toml).
-            result = self._analyzer._predict_endpoint(np.asarray(samples, dtype=np.float32))
+            result = getattr(self._analyzer, PIPECAT_PREDICT)(np.asarray(samples, dtype=np.float32))
         return float(result["probability"])
 
     async def judge(self, pcm16k: bytes) -> TurnCompletionFrame:

@@ -213,6 +213,26 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
             await self.task_manager.cancel_task(timer)
 
 
+# What WholeTurnStopStrategy uses of pipecat's SpeechTimeoutUserTurnStopStrategy beyond its public
+# API: state it reads or sets, and handlers it overrides or calls. pipecat is pinned exactly
+# because of them, and tests/test_pipecat_internals.py fails, naming the member, when an upgrade
+# moves one.
+PIPECAT_STOP_STRATEGY_INTERNALS = {
+    "_user_speech_timeout": float,  # the pause that ends a turn, set per Smart Turn verdict
+    "_restart_user_speech_timer": "method",
+    "_vad_user_speaking": bool,
+    "_text": str,  # the turn's transcript so far
+    "_transcript_finalized": bool,
+    "_stt_wait_done": bool,
+    "_user_speech_wait_done": bool,
+    "_handle_vad_user_started_speaking": "method",
+    "_handle_vad_user_stopped_speaking": "method",
+    "_handle_transcription": "method",
+    "_maybe_trigger_user_turn_stopped": "method",
+    "_stt_timeout_handler": "method",
+}
+
+
 class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
     """pipecat's silence timeout, except that the turn ends only once *every* speech segment in it
     has been transcribed.
