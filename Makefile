@@ -7,7 +7,7 @@ PORT ?= 8000
 # The stamp makes set-up a no-op until a dependency list changes.
 STAMP := $(VENV)/.parley-setup
 
-.PHONY: setup run test bench lint format models clean
+.PHONY: setup run test test-fast bench lint format models clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ run: setup
 
 test: setup lint
 	$(BIN)/python -m pytest
+
+# The tier for every edit: logic tests on fakes and virtual clocks, no models loaded, no server
+# started (under a minute on 2 cores). `make test` runs these and the end-to-end tests.
+test-fast: setup lint
+	$(BIN)/python -m pytest -m "not e2e"
 
 # The latency benchmark (benchmarks/bench.py): Parley vs a stock-pipecat baseline, 1/2/4 callers,
 # about 8 minutes on 2 cores; the report goes to benchmarks/results/<timestamp>/. ARGS passes options.

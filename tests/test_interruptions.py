@@ -20,9 +20,10 @@ from pipecat.utils.asyncio.task_manager import TaskManager
 
 from agents.context import is_resume_request, record_heard_answer
 from voice.config import Settings
+from voice.conversation import TurnFlow
 from voice.end_of_turn import TurnCompletionFrame
 from voice.playback import CUT_OFF_MARK, PlaybackLedger
-from voice.turn_events import SpokenTextEmitter, TurnHooks
+from voice.turn_events import SpokenTextEmitter
 from voice.turns import BargeInStrategy, InterruptionPolicy, SpeechSegmentDoneFrame, WholeTurnStopStrategy
 
 POLICY = InterruptionPolicy(Settings().backchannel_words)
@@ -157,13 +158,15 @@ CONFIRM_S = 0.2  # short stand-ins for the settings: the test is about order, no
 RESUME_S = 0.2
 
 
-class FakeFloor:
-    def __init__(self, audible: bool = True):
-        self.audible = audible
-        self.log: list[str] = []
+class FakeSession:
+    """The barge-in strategy's side of the session's TurnHooks, over a real TurnFlow."""
 
-    def agent_audible(self) -> bool:
-        return self.audible
+    def __init__(self, audible: bool = True):
+        self.flow = TurnFlow(lambda: 0)
+        if audible:  # an answer is being heard
+            self.flow.turn_ended("When do you open?")
+            self.flow.audio_sent()
+        self.log: list[str] = []
 
     def agent_recent_text(self) -> str:
         return AGENT_SAID
@@ -175,8 +178,8 @@ class FakeFloor:
         self.log.append(f"release: {reason}")
 
 
-async def strategy_with(floor: FakeFloor) -> BargeInStrategy:
-    strategy = BargeInStrategy(floor, POLICY, confirm_secs=CONFIRM_S, resume_secs=RESUME_S)
+async def strategy_with(floor: FakeSession) -> BargeInStrategy:
+    strategy = BargeInStrategy(floor, floor.flow, POLICY, confirm_secs=CONFIRM_S, resume_secs=RESUME_S)
     await strategy.setup(SimpleNamespace(task_manager=TaskManager()))
 
     async def started(_strategy, _params):
@@ -196,14 +199,14 @@ def transcript(text: str) -> TranscriptionFrame:
 
 
 async def test_speech_while_the_agent_is_silent_starts_a_turn_at_once():
-    floor = FakeFloor(audible=False)
+    floor = FakeSession(audible=False)
     strategy = await strategy_with(floor)
     await strategy.process_frame(VADUserStartedSpeakingFrame())
     assert floor.log == ["turn started"]
 
 
 async def test_a_backchannel_holds_the_agent_then_gives_the_floor_back():
-    floor = FakeFloor()
+    floor = FakeSession()
     strategy = await strategy_with(floor)
     await strategy.process_frame(VADUserStartedSpeakingFrame())
     await strategy.process_frame(VADUserStoppedSpeakingFrame())
@@ -215,7 +218,7 @@ async def test_a_backchannel_holds_the_agent_then_gives_the_floor_back():
 
 
 async def test_a_cough_holds_the_agent_then_gives_the_floor_back():
-    floor = FakeFloor()
+    floor = FakeSession()
     strategy = await strategy_with(floor)
     await strategy.process_frame(VADUserStartedSpeakingFrame())
     await strategy.process_frame(VADUserStoppedSpeakingFrame())
@@ -224,7 +227,7 @@ async def test_a_cough_holds_the_agent_then_gives_the_floor_back():
 
 
 async def test_words_take_the_floor():
-    floor = FakeFloor()
+    floor = FakeSession()
     strategy = await strategy_with(floor)
     await strategy.process_frame(VADUserStartedSpeakingFrame())
     await strategy.process_frame(VADUserStoppedSpeakingFrame())
@@ -234,7 +237,7 @@ async def test_words_take_the_floor():
 
 
 async def test_long_speech_takes_the_floor_before_its_transcript():
-    floor = FakeFloor()
+    floor = FakeSession()
     strategy = await strategy_with(floor)
     await strategy.process_frame(VADUserStartedSpeakingFrame())
     await asyncio.sleep(CONFIRM_S * 2)
@@ -242,7 +245,7 @@ async def test_long_speech_takes_the_floor_before_its_transcript():
 
 
 async def test_no_verdict_in_time_gives_the_floor_back():
-    floor = FakeFloor()
+    floor = FakeSession()
     strategy = await strategy_with(floor)
     await strategy.process_frame(VADUserStartedSpeakingFrame())
     await strategy.process_frame(VADUserStoppedSpeakingFrame())
@@ -251,7 +254,7 @@ async def test_no_verdict_in_time_gives_the_floor_back():
 
 
 async def test_words_that_come_after_the_agent_resumed_still_take_the_floor():
-    floor = FakeFloor()
+    floor = FakeSession()
     strategy = await strategy_with(floor)
     await strategy.process_frame(VADUserStartedSpeakingFrame())
     await strategy.process_frame(VADUserStoppedSpeakingFrame())
@@ -261,7 +264,7 @@ async def test_words_that_come_after_the_agent_resumed_still_take_the_floor():
 
 
 async def test_a_backchannel_that_comes_late_is_still_dropped():
-    floor = FakeFloor()
+    floor = FakeSession()
     strategy = await strategy_with(floor)
     await strategy.process_frame(VADUserStartedSpeakingFrame())
     await strategy.process_frame(VADUserStoppedSpeakingFrame())
@@ -317,30 +320,28 @@ async def test_speech_that_sounds_unfinished_waits_for_the_long_pause():
     assert await a_pause_judged(complete=False, wait_s=PAUSE_INCOMPLETE_S * 2) == ["turn ended"]
 
 
-class _Hooks(TurnHooks):
-    def __init__(self, cut_off: bool):
-        self.cut_off = cut_off
-
-    def current_turn_id(self) -> int:
-        return 3
-
-    def response_in_progress(self) -> bool:
-        return not self.cut_off
-
-    def answer_cut_off(self) -> bool:
-        return self.cut_off
+def _flow(cut_off: bool) -> TurnFlow:
+    """Turn 1's answer is being spoken; or it was cut off."""
+    flow = TurnFlow(lambda: 0)
+    flow.turn_ended("When do you open?")
+    flow.number_turn("When do you open?", merged=False)
+    flow.answer_started()
+    flow.audio_sent()
+    if cut_off:
+        flow.interrupted()
+    return flow
 
 
 async def _spoken_text_events(cut_off: bool) -> list[dict]:
     ledger = PlaybackLedger(24000, lambda: 0)
-    emitter = SpokenTextEmitter(_Hooks(cut_off), ledger)
+    emitter = SpokenTextEmitter(_flow(cut_off), ledger)
     down, _ = await run_test(emitter, frames_to_send=[AggregatedTextFrame("We open at 8 am.", "sentence")])
     return [f.message for f in down if isinstance(f, OutputTransportMessageFrame)]
 
 
 async def test_each_sentence_about_to_be_spoken_is_shown_to_the_caller():
     events = await _spoken_text_events(cut_off=False)
-    assert events == [{"type": "agent.text", "turn_id": 3, "text": "We open at 8 am."}]
+    assert events == [{"type": "agent.text", "turn_id": 1, "text": "We open at 8 am."}]
 
 
 async def test_a_sentence_finished_after_the_caller_cut_in_is_not_shown():

@@ -44,6 +44,7 @@ from voice.phone import (
     stream_token_ok,
     twilio_signature,
 )
+from voice.pipeline import ConversationPipeline, stt_beam_size
 from voice.protocol import ProtocolError
 from voice.server import create_app
 from voice.session import KEYPAD_TURN_TEXT, EndReason, Session
@@ -56,7 +57,6 @@ from voice.transports.twilio import (
     parse_stream_message,
 )
 from voice.transports.websocket import ParleyWire
-from voice.transports.wire import WireHooks
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -334,39 +334,39 @@ class FakeSession:
         self.position = (1, 0.0)
         self.audio_allowed = audio_allowed
 
-    def hooks(self) -> WireHooks:
-        async def on_error(exc):
-            self.errors.append(exc.code)
+    # What the wire's serializer tells the session (voice/transports/wire.WireHooks).
+    output_sample_rate = 22050
+    echo_guard = None
 
-        async def on_keypad(digit):
-            self.keys.append(digit)
+    async def client_error(self, error):
+        self.errors.append(error.code)
 
-        async def on_hang_up(reason):
-            self.hung_up.append(reason)
+    async def keypad(self, digit):
+        self.keys.append(digit)
 
-        async def floor():
-            return True
+    async def hang_up(self, reason):
+        self.hung_up.append(reason)
 
-        async def no_text(_text):
-            raise AssertionError("a phone call has no typed turns")
+    async def typed_text(self, _text):
+        raise AssertionError("a phone call has no typed turns")
 
-        return WireHooks(
-            on_error=on_error,
-            on_text=no_text,
-            on_keypad=on_keypad,
-            on_hang_up=on_hang_up,
-            on_audio_sent=lambda _n: self.audio_allowed,
-            wait_for_floor=floor,
-            on_playback=lambda turn, ms: self.played.append((turn, ms)),
-            playback_position=lambda: self.position,
-            output_sample_rate=22050,
-        )
+    def audio_sent(self, _nbytes) -> bool:
+        return self.audio_allowed
+
+    async def wait_for_floor(self):
+        return None
+
+    def playback_reported(self, turn_id, played_ms):
+        self.played.append((turn_id, played_ms))
+
+    def playback_position(self):
+        return self.position
 
 
 async def phone_wire(session: FakeSession):
     socket = FakeSocket()
     wire = TwilioWire(socket, StreamStart(streamSid="MZ1", callSid="CA1"))
-    serializer = wire.serializer(session.hooks())
+    serializer = wire.serializer(session)
     await serializer.setup(SimpleNamespace(audio_in_sample_rate=16000))  # as the transport does
     return wire, serializer, socket
 
@@ -507,20 +507,18 @@ def fake_session(**settings) -> tuple[Session, FakeWorker, FakeSocket]:
     engines = SimpleNamespace(tts=SimpleNamespace(sample_rate=22050))
     session = Session(wire, engines, Settings(**settings))
     worker = FakeWorker(session)
-    session._worker = worker
-    session._context = SimpleNamespace(get_messages=lambda: [])
+    session._pipeline = ConversationPipeline(
+        worker, transport=None, context=SimpleNamespace(get_messages=lambda: []), knowledge=None, prefill=None
+    )
     return session, worker, socket
 
 
 def test_telephone_audio_is_heard_with_the_wider_beam():
-    settings = Settings(stt_beam_size=1, stt_narrowband_beam_size=5)
-    engines = SimpleNamespace(tts=SimpleNamespace(sample_rate=22050))
-    phone = Session(TwilioWire(FakeSocket(), StreamStart(streamSid="MZ1", callSid="CA1")), engines, settings)
-    browser = Session(ParleyWire(FakeSocket(), 16000), engines, settings)
-    narrow_client = Session(ParleyWire(FakeSocket(), 8000), engines, settings)
-    assert phone._stt_beam_size() == 5
-    assert narrow_client._stt_beam_size() == 5, "8 kHz over /ws is the same telephone band"
-    assert browser._stt_beam_size() is None, "16 kHz keeps the engine's own (greedy) beam"
+    phone = TwilioWire(FakeSocket(), StreamStart(streamSid="MZ1", callSid="CA1"))
+    browser, narrow_client = ParleyWire(FakeSocket(), 16000), ParleyWire(FakeSocket(), 8000)
+    assert stt_beam_size(phone.input_sample_rate, narrowband_beam_size=5) == 5
+    assert stt_beam_size(narrow_client.input_sample_rate, 5) == 5, "8 kHz over /ws is the same telephone band"
+    assert stt_beam_size(browser.input_sample_rate, 5) is None, "16 kHz keeps the engine's own (greedy) beam"
 
 
 async def settle(session: Session) -> None:
@@ -530,7 +528,7 @@ async def settle(session: Session) -> None:
 
 async def test_a_key_with_a_reply_is_a_turn_answered_with_that_reply_not_by_the_llm():
     session, worker, _socket = fake_session()
-    await session._keypad("*")
+    await session.keypad("*")
     await settle(session)
     (appended,) = [f for f in worker.queued if isinstance(f, LLMMessagesAppendFrame)]
     text = appended.messages[0]["content"]
@@ -545,7 +543,7 @@ async def test_a_key_cuts_off_the_agent_and_the_caller_stops_hearing_it():
     session, worker, socket = fake_session(dtmf_replies={"0": "Transferring you."})
     session.flow.turn_ended("What time do you open?")  # the agent is mid-answer, and heard
     session.flow.audio_sent()
-    await session._keypad("0")
+    await session.keypad("0")
     await settle(session)
     assert isinstance(worker.queued[0], InterruptionWorkerFrame)
     assert isinstance(worker.queued[1], LLMMessagesAppendFrame)
@@ -554,14 +552,14 @@ async def test_a_key_cuts_off_the_agent_and_the_caller_stops_hearing_it():
 
 async def test_a_key_without_a_reply_changes_nothing():
     session, worker, _socket = fake_session(dtmf_replies={"0": "Transferring you."})
-    await session._keypad("5")
+    await session.keypad("5")
     await settle(session)
     assert worker.queued == []
 
 
 async def test_a_hang_up_stops_the_session_with_its_reason():
     session, worker, _socket = fake_session()
-    await session._hang_up("the caller hung up (Twilio sent stop)")
+    await session.hang_up("the caller hung up (Twilio sent stop)")
     await session._stop_task
     assert worker.cancelled and session.end_reason == EndReason.HUNG_UP
 

@@ -183,18 +183,27 @@ PAUSE_COMPLETE_S = 0.05
 PAUSE_INCOMPLETE_S = 0.4
 
 
+class TurnProgress:
+    """The part of the session's TurnHooks the end-of-turn strategy reports to."""
+
+    def __init__(self, events: list[str]):
+        self.events = events
+
+    async def turn_settled(self, text: str) -> None:
+        self.events.append(f"settled: {text}")
+
+    async def speech_resumed(self) -> None:
+        self.events.append("speech resumed")
+
+    async def nothing_heard(self) -> None:
+        pass  # not what these tests are about (tests/test_interruptions.py is)
+
+
 async def turn_strategy(events: list[str]) -> WholeTurnStopStrategy:
-    async def settled(text: str) -> None:
-        events.append(f"settled: {text}")
-
-    async def resumed() -> None:
-        events.append("speech resumed")
-
     strategy = WholeTurnStopStrategy(
+        TurnProgress(events),
         pause_complete_secs=PAUSE_COMPLETE_S,
         pause_incomplete_secs=PAUSE_INCOMPLETE_S,
-        on_settled=settled,
-        on_speech_resumed=resumed,
         user_speech_timeout=0.2,
     )
     await strategy.setup(SimpleNamespace(task_manager=TaskManager()))

@@ -16,7 +16,6 @@ from starlette.websockets import WebSocketState
 from voice.audio import PIPELINE_SAMPLE_RATE
 from voice.transports.twilio import StreamStart, TwilioWire
 from voice.transports.websocket import ParleyWire
-from voice.transports.wire import WireHooks
 
 OUTPUT_RATE = 22050
 CHUNK = OutputAudioRawFrame(audio=b"\x10\x00" * 441, sample_rate=OUTPUT_RATE, num_channels=1)  # 20 ms
@@ -27,19 +26,32 @@ class Socket:
 
 
 class Session:
-    """What a session tells the wire: whether the floor is open, and whether audio may go out."""
+    """What a session tells the wire (voice/transports/wire.WireHooks): whether the floor is open,
+    and whether audio may go out."""
 
-    def __init__(self):
+    output_sample_rate = OUTPUT_RATE
+
+    def __init__(self, echo=None):
         self.floor = asyncio.Event()
         self.floor.set()
         self.cut_off = False
         self.sent_bytes = 0
+        self.echo_guard = echo
 
     def audio_sent(self, nbytes: int) -> bool:
         if self.cut_off:
             return False
         self.sent_bytes += nbytes
         return True
+
+    async def wait_for_floor(self) -> None:
+        await self.floor.wait()
+
+    async def client_error(self, error) -> None:
+        raise AssertionError(f"no client mistake here: {error}")
+
+    def playback_position(self) -> tuple[int, float]:
+        return 1, 0.0
 
 
 class RecordingEcho:
@@ -55,30 +67,10 @@ class RecordingEcho:
         return b"\x00" * len(pcm)
 
 
-def hooks(session: Session, echo) -> WireHooks:
-    async def nothing(*_):
-        return None
-
-    return WireHooks(
-        on_error=nothing,
-        on_text=nothing,
-        on_keypad=nothing,
-        on_hang_up=nothing,
-        on_audio_sent=session.audio_sent,
-        wait_for_floor=session.floor.wait,
-        on_playback=lambda *_: None,
-        playback_position=lambda: (1, 0.0),
-        output_sample_rate=OUTPUT_RATE,
-        echo_guard=echo,
-    )
-
-
-async def make_serializer(kind: str, session: Session, echo=None):
+async def make_serializer(kind: str, session: Session):
     if kind == "ws":
-        return ParleyWire(Socket(), PIPELINE_SAMPLE_RATE).serializer(hooks(session, echo))
-    serializer = TwilioWire(Socket(), StreamStart(streamSid="MZ1", callSid="CA1")).serializer(
-        hooks(session, echo)
-    )
+        return ParleyWire(Socket(), PIPELINE_SAMPLE_RATE).serializer(session)
+    serializer = TwilioWire(Socket(), StreamStart(streamSid="MZ1", callSid="CA1")).serializer(session)
     await serializer.setup(type("Setup", (), {"audio_in_sample_rate": PIPELINE_SAMPLE_RATE})())
     return serializer
 
@@ -111,9 +103,9 @@ async def test_a_held_agent_goes_quiet_and_carries_on_from_the_same_chunk(kind):
 
 @pytest.mark.parametrize("kind", WIRES)
 async def test_the_rest_of_a_cut_off_answer_never_reaches_the_caller(kind):
-    session = Session()
     echo = RecordingEcho()
-    serializer = await make_serializer(kind, session, echo)
+    session = Session(echo)
+    serializer = await make_serializer(kind, session)
     session.cut_off = True
     assert await serializer.serialize(CHUNK) is None
     assert echo.recorded == [], "audio that did not go out cannot come back as echo"
@@ -121,9 +113,9 @@ async def test_the_rest_of_a_cut_off_answer_never_reaches_the_caller(kind):
 
 @pytest.mark.parametrize("kind", WIRES)
 async def test_the_echo_guard_hears_the_agent_as_sent_at_the_pipeline_rate(kind):
-    session = Session()
     echo = RecordingEcho()
-    serializer = await make_serializer(kind, session, echo)
+    session = Session(echo)
+    serializer = await make_serializer(kind, session)
     for _ in range(10):
         await serializer.serialize(CHUNK)
     heard = b"".join(echo.recorded)
@@ -135,8 +127,8 @@ async def test_the_echo_guard_hears_the_agent_as_sent_at_the_pipeline_rate(kind)
 
 @pytest.mark.parametrize("kind", WIRES)
 async def test_the_callers_audio_reaches_the_pipeline_through_the_echo_guard(kind):
-    session = Session()
-    serializer = await make_serializer(kind, session, RecordingEcho())
+    session = Session(RecordingEcho())
+    serializer = await make_serializer(kind, session)
     tone = (np.sin(np.arange(320) / 5) * 8000).astype("<i2").tobytes()  # 20 ms at 16 kHz
     if kind == "ws":
         frames = [await serializer.deserialize(tone) for _ in range(5)]

@@ -1,7 +1,14 @@
 """Small pipeline stages that turn what happens in the pipeline into protocol events and trace
-moments. They watch frames and pass every frame on unchanged."""
+moments. They watch frames and pass every frame on unchanged.
+
+Every stage reaches the session one way: what it *saw* goes to the session's `TurnHooks` (the
+session does what it means: events to the client, frames, the history); where the conversation
+*is*, it reads from (and, for facts with no I/O, notes in) the session's `TurnFlow`.
+"""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from pipecat.frames.frames import (
     AggregatedTextFrame,
@@ -21,24 +28,44 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voice import protocol
+from voice.conversation import TurnFlow
 from voice.playback import PlaybackLedger
 from voice.tracing import Moment, TurnTracer
 
 
-class TurnHooks:
-    """What the session does when the watchers see something (implemented by Session)."""
+class TurnHooks(Protocol):
+    """What the pipeline's stages tell the session (implemented by Session)."""
 
+    # The watchers below.
     async def user_speech_started(self) -> None: ...
     async def user_speech_stopped(self, stop_secs: float) -> None: ...
-    async def turn_ended(self, text: str) -> str | None: ...
+    async def turn_ended(self, text: str) -> str | None:
+        """The user's turn is over; returns a reply to say instead of asking the LLM, if any."""
+
     async def interrupted(self) -> None: ...
-    def current_turn_id(self) -> int: ...
     async def audio_done(self) -> None: ...
-    def llm_response_started(self) -> None: ...
-    def response_in_progress(self) -> bool: ...
-    def answer_cut_off(self) -> bool: ...
     async def stage_failed(self, error: str) -> None: ...
-    def history_settled(self) -> None: ...
+
+    # The barge-in strategy (voice/turns.py).
+    def agent_recent_text(self) -> str:
+        """What the agent said in the last few seconds (to recognise its own echo)."""
+
+    async def hold_agent(self) -> None:
+        """Pause the agent's audio: the user may be taking the floor."""
+
+    async def release_agent(self, reason: str) -> None:
+        """Resume the agent's audio: the sound was not an interruption."""
+
+    # The end-of-turn strategy (voice/turns.py).
+    async def nothing_heard(self) -> None:
+        """The user's sound had no words (a cough, a door)."""
+
+    async def turn_settled(self, text: str) -> None:
+        """Every segment is transcribed and the user is silent, but the pause that ends the turn
+        is still running: the words so far, for speculative work."""
+
+    async def speech_resumed(self) -> None:
+        """The user speaks again (speculative work is void)."""
 
 
 class UserTurnWatcher(FrameProcessor):
@@ -80,18 +107,18 @@ class UserTurnWatcher(FrameProcessor):
 class LLMWatcher(FrameProcessor):
     """Between the LLM and TTS: stamps the first token and the end of the stream."""
 
-    def __init__(self, tracer: TurnTracer, hooks: TurnHooks, **kwargs):
+    def __init__(self, tracer: TurnTracer, flow: TurnFlow, **kwargs):
         super().__init__(**kwargs)
         self._tracer = tracer
-        self._hooks = hooks
+        self._flow = flow
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMFullResponseStartFrame):
-            self._hooks.llm_response_started()
-        elif isinstance(frame, LLMTextFrame) and frame.text.strip() and self._hooks.response_in_progress():
+            self._flow.answer_started()
+        elif isinstance(frame, LLMTextFrame) and frame.text.strip() and self._flow.response_in_progress:
             self._tracer.mark(Moment.LLM_FIRST_TOKEN)
-        elif isinstance(frame, LLMFullResponseEndFrame) and self._hooks.response_in_progress():
+        elif isinstance(frame, LLMFullResponseEndFrame) and self._flow.response_in_progress:
             # The end of a cancelled answer can arrive after the next turn began: not this turn's.
             self._tracer.mark(Moment.LLM_END)
         await self.push_frame(frame, direction)
@@ -105,9 +132,9 @@ class SpokenTextEmitter(FrameProcessor):
     sentence's audio, and it is dropped with that audio when the user interrupts.
     """
 
-    def __init__(self, hooks: TurnHooks, ledger: PlaybackLedger, **kwargs):
+    def __init__(self, flow: TurnFlow, ledger: PlaybackLedger, **kwargs):
         super().__init__(**kwargs)
-        self._hooks = hooks
+        self._flow = flow
         self._ledger = ledger
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
@@ -116,21 +143,21 @@ class SpokenTextEmitter(FrameProcessor):
         if direction != FrameDirection.DOWNSTREAM:
             return
         if isinstance(frame, TTSAudioRawFrame):
-            if self._hooks.response_in_progress():
+            if self._flow.response_in_progress:
                 self._ledger.queue_audio(len(frame.audio))
         elif (
             isinstance(frame, AggregatedTextFrame)
             and not isinstance(frame, TTSTextFrame)  # the same sentence again, after its audio
             and frame.text.strip()
         ):
-            if self._hooks.answer_cut_off():
+            if self._flow.cut_off:
                 # A sentence the TTS finished just after the user cut in: its audio is dropped,
                 # so the caller must not be shown it either.
                 return
             text = frame.text.strip()
-            if self._hooks.response_in_progress():
+            if self._flow.response_in_progress:
                 self._ledger.queue_sentence(text)
-            event = protocol.AgentText(turn_id=self._hooks.current_turn_id(), text=text)
+            event = protocol.AgentText(turn_id=self._flow.turn_id, text=text)
             await self.push_frame(OutputTransportMessageFrame(message=event.model_dump()))
 
 
@@ -153,12 +180,12 @@ class HistoryWatcher(FrameProcessor):
     """Last in the pipeline: an interruption that reaches it has passed the assistant history, which
     has recorded its version of the cut-off answer (for the session to correct)."""
 
-    def __init__(self, hooks: TurnHooks, **kwargs):
+    def __init__(self, flow: TurnFlow, **kwargs):
         super().__init__(**kwargs)
-        self._hooks = hooks
+        self._flow = flow
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
         if isinstance(frame, InterruptionFrame):
-            self._hooks.history_settled()
+            self._flow.history_settled.set()
         await self.push_frame(frame, direction)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from pipecat.frames.frames import (
     DataFrame,
@@ -26,6 +25,10 @@ from pipecat.utils.string import TextPartForConcatenation, concatenate_aggregate
 from voice.end_of_turn import TurnCompletionFrame
 from voice.vad import make_vad
 
+if TYPE_CHECKING:
+    from voice.conversation import TurnFlow
+    from voice.turn_events import TurnHooks
+
 log = logging.getLogger(__name__)
 
 
@@ -42,12 +45,6 @@ class SpeechSegmentDoneFrame(DataFrame):
     # and a turn whose segment never reports done would wait for pipecat's 5 s fallback.
     interruptible: bool = field(default=False, init=False)
 
-
-NothingHeard = Callable[[], Awaitable[None]]
-# Every segment of the turn is transcribed and the user is silent, but the pause that ends the
-# turn is still running: the words (so far) of the turn, for speculative work.
-TurnSettled = Callable[[str], Awaitable[None]]
-SpeechResumed = Callable[[], Awaitable[None]]
 
 # A transcript of the agent's own voice coming back (echo) shares nearly all its words with what
 # the agent just said; a caller who really interrupts says something else. 0.8 leaves room for
@@ -101,22 +98,6 @@ class InterruptionPolicy:
         return bool(words_of(text)) and not self.is_backchannel(text) and not self.is_echo(text, agent_said)
 
 
-class AgentFloor(Protocol):
-    """What the barge-in strategy needs from the session."""
-
-    def agent_audible(self) -> bool:
-        """The agent's answer is being played to the user."""
-
-    def agent_recent_text(self) -> str:
-        """What the agent said in the last few seconds (to recognise its own echo)."""
-
-    async def hold_agent(self) -> None:
-        """Pause the agent's audio: the user may be taking the floor."""
-
-    async def release_agent(self, reason: str) -> None:
-        """Resume the agent's audio: the sound was not an interruption."""
-
-
 class BargeInStrategy(BaseUserTurnStartStrategy):
     """When a user turn starts, and so when the agent is interrupted.
 
@@ -133,10 +114,16 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
     """
 
     def __init__(
-        self, floor: AgentFloor, policy: InterruptionPolicy, confirm_secs: float, resume_secs: float
+        self,
+        hooks: TurnHooks,
+        flow: TurnFlow,
+        policy: InterruptionPolicy,
+        confirm_secs: float,
+        resume_secs: float,
     ):
         super().__init__()
-        self._floor = floor
+        self._hooks = hooks
+        self._flow = flow
         self._policy = policy
         self._confirm_secs = confirm_secs
         self._resume_secs = resume_secs
@@ -159,12 +146,12 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
         if isinstance(frame, VADUserStartedSpeakingFrame):
             self._user_speaking = True
-            if not self._holding and not self._floor.agent_audible():
+            if not self._holding and not self._flow.agent_audible:
                 await self.trigger_user_turn_started()
                 return ProcessFrameResult.STOP
             if not self._holding:
                 self._holding = True
-                await self._floor.hold_agent()
+                await self._hooks.hold_agent()
             self._awaiting_transcript = True
             self._start_timer(self._confirm_after_speech())
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
@@ -172,7 +159,7 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
             if self._holding:
                 self._start_timer(self._release_after_silence())
         elif isinstance(frame, TranscriptionFrame) and (self._holding or self._awaiting_transcript):
-            takes = self._policy.takes_the_floor(frame.text, self._floor.agent_recent_text())
+            takes = self._policy.takes_the_floor(frame.text, self._hooks.agent_recent_text())
             log.debug("heard over the agent: %r → %s", frame.text, "takes the floor" if takes else "not")
             if takes:
                 await self.trigger_user_turn_started()
@@ -200,7 +187,7 @@ class BargeInStrategy(BaseUserTurnStartStrategy):
     async def _release(self, reason: str) -> None:
         self._holding = False
         await self._cancel_timer()
-        await self._floor.release_agent(reason)
+        await self._hooks.release_agent(reason)
 
     def _start_timer(self, coro) -> None:
         if self._timer is not None:
@@ -247,18 +234,14 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
 
     def __init__(
         self,
-        on_nothing_heard: NothingHeard | None = None,
+        hooks: TurnHooks | None = None,
         pause_complete_secs: float | None = None,
         pause_incomplete_secs: float | None = None,
-        on_settled: TurnSettled | None = None,
-        on_speech_resumed: SpeechResumed | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self._segments_open = 0
-        self._on_nothing_heard = on_nothing_heard
-        self._on_settled = on_settled
-        self._on_speech_resumed = on_speech_resumed
+        self._hooks = hooks  # told of sounds without words, settled words, and speech resuming
         self._default_pause = self._user_speech_timeout
         self._pause_complete = pause_complete_secs
         self._pause_incomplete = pause_incomplete_secs
@@ -275,8 +258,8 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
             self._segments_open = max(0, self._segments_open - 1)
             if self._segments_open == 0:
                 await self._stt_caught_up()
-                if not self._text and not self._vad_user_speaking and self._on_nothing_heard:
-                    await self._on_nothing_heard()
+                if not self._text and not self._vad_user_speaking and self._hooks is not None:
+                    await self._hooks.nothing_heard()
             return ProcessFrameResult.CONTINUE
         return await super().process_frame(frame)
 
@@ -295,8 +278,8 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
 
     async def _handle_vad_user_started_speaking(self, frame: VADUserStartedSpeakingFrame):
         await super()._handle_vad_user_started_speaking(frame)
-        if self._on_speech_resumed is not None:
-            await self._on_speech_resumed()
+        if self._hooks is not None:
+            await self._hooks.speech_resumed()
 
     async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame):
         self._vad_stopped_at = asyncio.get_running_loop().time()
@@ -332,27 +315,26 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
         await self._maybe_trigger_user_turn_stopped()
         # Still waiting out the pause (a turn that ended has no text and a finished timer).
         pause_running = not self._user_speech_wait_done and not self._vad_user_speaking
-        if pause_running and self._text and self._on_settled is not None:
-            await self._on_settled(concatenate_aggregated_text(self._parts))
+        if pause_running and self._text and self._hooks is not None:
+            await self._hooks.turn_settled(concatenate_aggregated_text(self._parts))
 
 
 def user_turn_params(
-    floor: AgentFloor,
+    hooks: TurnHooks,
+    flow: TurnFlow,
     vad_start_secs: float,
     vad_stop_secs: float,
     turn_pause_secs: float,
     policy: InterruptionPolicy,
     confirm_secs: float,
     resume_secs: float,
-    on_nothing_heard: NothingHeard | None = None,
     pause_complete_secs: float | None = None,
     pause_incomplete_secs: float | None = None,
-    on_settled: TurnSettled | None = None,
-    on_speech_resumed: SpeechResumed | None = None,
 ) -> LLMUserAggregatorParams:
     """A turn starts when the VAD hears speech, or, while the agent is heard, when that speech
     proves to be an interruption (BargeInStrategy); it ends after `turn_pause_secs` of silence
-    once every segment of it is transcribed.
+    once every segment of it is transcribed (or the pause Smart Turn's verdict picks, when the
+    pauses are given).
 
     A transcript arriving late never opens a turn of its own (that would make the agent interrupt
     itself). A pause shorter than vad_stop + turn_pause inside a question keeps it one turn (a
@@ -362,14 +344,12 @@ def user_turn_params(
     return LLMUserAggregatorParams(
         vad_analyzer=make_vad(vad_start_secs, vad_stop_secs),
         user_turn_strategies=UserTurnStrategies(
-            start=[BargeInStrategy(floor, policy, confirm_secs=confirm_secs, resume_secs=resume_secs)],
+            start=[BargeInStrategy(hooks, flow, policy, confirm_secs=confirm_secs, resume_secs=resume_secs)],
             stop=[
                 WholeTurnStopStrategy(
-                    on_nothing_heard,
+                    hooks,
                     pause_complete_secs=pause_complete_secs,
                     pause_incomplete_secs=pause_incomplete_secs,
-                    on_settled=on_settled,
-                    on_speech_resumed=on_speech_resumed,
                     user_speech_timeout=turn_pause_secs,
                 )
             ],

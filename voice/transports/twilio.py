@@ -279,22 +279,22 @@ class TwilioWireSerializer(TwilioFrameSerializer):
                     raise ProtocolError(
                         "invalid_message", f"dtmf: {message.dtmf.digit!r} is not a keypad key."
                     )
-                await self._hooks.on_keypad(message.dtmf.digit)
+                await self._hooks.keypad(message.dtmf.digit)
             elif isinstance(message, Mark):
                 if (heard := self._marks.echoed(message.mark.name)) is not None:
-                    self._hooks.on_playback(*heard)
+                    self._hooks.playback_reported(*heard)
             elif isinstance(message, Stop):
                 self._stopped = True
-                await self._hooks.on_hang_up("the caller hung up (Twilio sent stop)")
+                await self._hooks.hang_up("the caller hung up (Twilio sent stop)")
             elif isinstance(message, Start):
                 raise ProtocolError("already_started", "A second start on one stream was ignored.")
             return None  # `connected` again says nothing new
         except ProtocolError as exc:
-            await self._hooks.on_error(exc)
+            await self._hooks.client_error(exc)
             return None
         except Exception:  # noqa: BLE001 - a bug here must not end the call: report and read on
             log.exception("could not handle a message from Twilio")
-            await self._hooks.on_error(
+            await self._hooks.client_error(
                 ProtocolError("internal", "That message could not be handled (server bug, logged).")
             )
             return None

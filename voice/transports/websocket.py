@@ -2,8 +2,8 @@
 format (docs/protocol.md).
 
 The serializer turns client frames into pipeline frames (audio resampled to 16 kHz for the VAD
-and Whisper) and pipeline frames into wire messages. Client mistakes go to `on_error` and never
-raise: one bad message must not end the session.
+and Whisper) and pipeline frames into wire messages. Client mistakes go to the session
+(`client_error`) and never raise: one bad message must not end the session.
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ class ParleyWireSerializer(FrameSerializer):
                 return self._audio(data)
             return await self._text(data)
         except protocol.ProtocolError as exc:
-            await self._hooks.on_error(exc)
+            await self._hooks.client_error(exc)
             return None
         except Exception:  # noqa: BLE001 - a bug here must not end the session: report and read on
             log.exception("could not handle a client message")
-            await self._hooks.on_error(
+            await self._hooks.client_error(
                 protocol.ProtocolError(
                     "internal", "That message could not be handled (server bug, logged); carry on."
                 )
@@ -99,9 +99,9 @@ class ParleyWireSerializer(FrameSerializer):
                 "The session has already started: send audio or input_text (reconnect to change the sample rate).",
             )
         if isinstance(message, protocol.Playback):
-            self._hooks.on_playback(message.turn_id, message.played_ms)
+            self._hooks.playback_reported(message.turn_id, message.played_ms)
         else:
-            await self._hooks.on_text(message.text)
+            await self._hooks.typed_text(message.text)
         return None
 
 

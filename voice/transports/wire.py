@@ -13,8 +13,7 @@ import asyncio
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import Protocol
 
 from fastapi import WebSocket
 from pipecat.serializers.base_serializer import FrameSerializer
@@ -42,24 +41,35 @@ async def receive_before(websocket: WebSocket, deadline: float) -> str | bytes |
             return data
 
 
-ErrorSink = Callable[[ProtocolError], Awaitable[None]]
-TextSink = Callable[[str], Awaitable[None]]
+class WireHooks(Protocol):
+    """What a wire's serializer tells the session, and what it asks of it (implemented by Session)."""
 
-
-@dataclass
-class WireHooks:
-    """What a wire's serializer tells the session, and what it asks of it."""
-
-    on_error: ErrorSink  # a client mistake: logged, counted, and sent back where the wire can
-    on_text: TextSink  # a typed user turn (/ws)
-    on_keypad: TextSink  # a DTMF digit the caller pressed (phone)
-    on_hang_up: Callable[[str], Awaitable[None]]  # the far end ended the call, with why (phone)
-    on_audio_sent: Callable[[int], bool]  # asked before each agent audio chunk goes out; False drops it
-    wait_for_floor: Callable[[], Awaitable[object]]  # returns once the agent may be heard (not held)
-    on_playback: Callable[[int, float], None]  # (turn id, ms of its audio the client has played)
-    playback_position: Callable[[], tuple[int, float]]  # (turn id, ms of its audio sent so far)
     output_sample_rate: int  # the agent's audio as the pipeline makes it (the TTS voice's rate)
-    echo_guard: EchoGuard | None = None
+    echo_guard: EchoGuard | None  # hears both directions, takes the agent's voice out of the caller's
+
+    async def client_error(self, error: ProtocolError) -> None:
+        """A client mistake: logged, counted, and sent back where the wire can."""
+
+    async def typed_text(self, text: str) -> None:
+        """A typed user turn (/ws)."""
+
+    async def keypad(self, digit: str) -> None:
+        """A DTMF digit the caller pressed (phone)."""
+
+    async def hang_up(self, reason: str) -> None:
+        """The far end ended the call, with why (phone)."""
+
+    def audio_sent(self, nbytes: int) -> bool:
+        """Asked just before each chunk of the agent's audio goes out; False drops it."""
+
+    async def wait_for_floor(self) -> None:
+        """Returns once the agent may be heard (not held)."""
+
+    def playback_reported(self, turn_id: int, played_ms: float) -> None:
+        """How much of a turn's audio the client has played."""
+
+    def playback_position(self) -> tuple[int, float]:
+        """(turn id, ms of its audio sent so far)."""
 
 
 class AudioPath:
@@ -79,7 +89,7 @@ class AudioPath:
         # agent's voice (while a caller's sound is judged) without losing its place.
         await self._hooks.wait_for_floor()
         # This is the moment the bytes go out, unless the session says the answer was cut off.
-        if not self._hooks.on_audio_sent(len(audio)):
+        if not self._hooks.audio_sent(len(audio)):
             return False
         if self._echo is not None:
             self._echo.played(self._echo_resampler.process(audio), time.monotonic_ns())
