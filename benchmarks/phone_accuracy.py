@@ -8,7 +8,7 @@ transcribed four ways:
 
 - `16k`: as /ws gets it from the web page, with the server's beam (PARLEY_STT_BEAM_SIZE);
 - `phone`: band-limited to 8 kHz as a phone's codec does, μ-law encoded and decoded, then
-  resampled to 16 kHz the way /twilio/media does (voice/narrowband.py, in 20 ms pieces), and
+  resampled to 16 kHz the way /twilio/media does (voice/transports/narrowband.py, in 20 ms pieces), and
   decoded with the beam the server uses on phone audio (PARLEY_STT_NARROWBAND_BEAM_SIZE);
 - `phone-greedy`: the same audio decoded with the 16 kHz path's beam (what the phone path did
   before it had a beam of its own);
@@ -38,11 +38,11 @@ from benchmarks.stats import pct  # noqa: E402
 from benchmarks.turn_latency import QUESTIONS  # noqa: E402
 from clients.phone import ulaw_decode, ulaw_encode  # noqa: E402
 from tests.conftest import speak  # noqa: E402
-from voice import models  # noqa: E402
+from voice import catalogue  # noqa: E402
 from voice.audio import resample_pcm16  # noqa: E402
 from voice.config import Settings  # noqa: E402
-from voice.narrowband import LowDelayResampler  # noqa: E402
 from voice.stt import WHISPER_SAMPLE_RATE, WhisperEngine  # noqa: E402
+from voice.transports.narrowband import LowDelayResampler  # noqa: E402
 
 PHONE_RATE = 8000
 FRAME_BYTES = PHONE_RATE // 50 * 2  # 20 ms at 8 kHz, what Twilio sends
@@ -81,9 +81,11 @@ async def upsampled(pcm8k: bytes, resampler) -> bytes:
 
 async def main() -> int:
     settings = Settings()
-    whisper = WhisperEngine.load(models.ensure("whisper-base"), beam_size=settings.stt_beam_size)
+    whisper = WhisperEngine.load(catalogue.ensure("whisper-base"), beam_size=settings.stt_beam_size)
     retriever = open_knowledge(
-        Path(settings.knowledge_dir), settings.knowledge_db(), Embedder.load(models.ensure("minilm-l6-int8"))
+        Path(settings.knowledge_dir),
+        settings.knowledge_db(),
+        Embedder.load(catalogue.ensure("minilm-l6-int8")),
     )
     whisper.vocabulary = retriever.vocabulary()  # as the server's Whisper has it
     beams = {

@@ -64,7 +64,7 @@ class Turn(TypedDict):
     client_v2v_ms: float | None  # None: no answer came (a failed turn)
     transcript: str
     answer: str
-    # Server `turn.trace` figures (voice/tracing.py); any may be missing or None; {} for baseline.
+    # Server `turn.trace` figures (voice/observability/tracing.py); any may be missing or None; {} for baseline.
     stages_ms: dict[str, float | None]
 
 
@@ -121,14 +121,14 @@ class Summary(TypedDict):
 
 # --- constants ---------------------------------------------------------------------------------
 
-# The server stages in pipeline order (voice/tracing.py `STAGES`); the waterfall draws them in
+# The server stages in pipeline order (voice/observability/tracing.py `STAGES`); the waterfall draws them in
 # this order. llm_total and response are left out: they overlap the others rather than follow.
 STAGES = ("endpoint", "stt", "rag", "llm_ttft", "first_sentence", "tts_ttfa", "send")
 SERVER_V2V = "voice_to_voice"  # the server's own end-to-end figure, from the same trace
 CLIENT_V2V = "client_v2v"  # what a caller hears; the figure the comparison is made on
 FIGURES = (CLIENT_V2V, SERVER_V2V, *STAGES)
 
-# Which two moments each figure runs between, in the words of voice/tracing.py's `Moment`s.
+# Which two moments each figure runs between, in the words of voice/observability/tracing.py's `Moment`s.
 SPANS = {
     CLIENT_V2V: "the last speech sample of the question sent → the first agent audio byte received",
     SERVER_V2V: "the user really stopped → the first agent audio byte went out on the socket",
@@ -146,7 +146,7 @@ LABELS = {CLIENT_V2V: "client voice-to-voice", SERVER_V2V: "server voice-to-voic
 PARLEY, BASELINE = "parley", "baseline"
 SYSTEM_ORDER = (PARLEY, BASELINE)  # Parley first: it is the subject; unknown systems follow
 QUANTILES = (50, 95, 99)  # the median, the bad-but-common turn, the worst of a hundred
-MS_DECIMALS = 1  # voice/tracing.py rounds its figures to 0.1 ms; more digits would be noise
+MS_DECIMALS = 1  # voice/observability/tracing.py rounds its figures to 0.1 ms; more digits would be noise
 RATIO_DECIMALS = 3  # enough to tell 1.05x from 1.06x
 # One caller at a time: the stages' own cost, without queueing behind other callers.
 BIGGEST_STAGE_CONCURRENCY = 1
@@ -396,7 +396,7 @@ def figures_section() -> str:
     rows = [(LABELS.get(f, f), SPANS[f]) for f in FIGURES]
     return (
         "## Per concurrency level and system\n\n"
-        "Each figure runs between two moments; the server ones are `turn.trace` (voice/tracing.py).\n\n"
+        "Each figure runs between two moments; the server ones are `turn.trace` (voice/observability/tracing.py).\n\n"
         + table(("figure", "from → to"), rows)
     )
 

@@ -104,13 +104,15 @@ async def run_phone(media_url: str, trace_log: Path, runs: int, warmup: int) -> 
             flush=True,
         )
     # Judge the answers only now, so this Whisper never competes with a call for the CPU.
-    from voice import models
+    from voice import catalogue
     from voice.audio import resample_pcm16
     from voice.config import Settings
     from voice.stt import WHISPER_SAMPLE_RATE, WhisperEngine
 
     # The beam the server hears phone audio with: greedy loses words of Piper at 8 kHz too.
-    whisper = WhisperEngine.load(models.ensure("whisper-base"), beam_size=Settings().stt_narrowband_beam_size)
+    whisper = WhisperEngine.load(
+        catalogue.ensure("whisper-base"), beam_size=Settings().stt_narrowband_beam_size
+    )
     for row, pcm, (_, q) in zip(rows, heard, plan, strict=True):
         row["answer"] = whisper.transcribe_pcm16(resample_pcm16(pcm, PHONE_RATE, WHISPER_SAMPLE_RATE)).text
         row["correct"] = says_fact(row["answer"], q)

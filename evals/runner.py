@@ -76,9 +76,9 @@ MIC_RATE = 16000
 def load_embedder():
     """The embedding model the agent retrieves with (assembled on first use)."""
     from agents.rag.embed import Embedder
-    from voice import models
+    from voice import catalogue
 
-    return Embedder.load(models.ensure("minilm-l6-int8"))
+    return Embedder.load(catalogue.ensure("minilm-l6-int8"))
 
 
 def _search(retriever, question: str, k: int, previous: str) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import websockets
 
 from clients.talk import talk
 from tests.conftest import speak
-from voice import models
+from voice import catalogue
 from voice.audio import resample_pcm16
 from voice.stt import WHISPER_SAMPLE_RATE, WhisperEngine
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.e2e
 
 QUESTIONS = {
     q["id"]: q
-    for q in json.loads((models.Path(__file__).parent.parent / "benchmarks" / "questions.json").read_text())
+    for q in json.loads((Path(__file__).parent.parent / "benchmarks" / "questions.json").read_text())
 }
 EVERY_STAGE = ("endpoint", "stt", "rag", "llm_ttft", "tts_ttfa", "voice_to_voice")
 
@@ -28,7 +29,7 @@ EVERY_STAGE = ("endpoint", "stt", "rag", "llm_ttft", "tts_ttfa", "voice_to_voice
 @pytest.fixture(scope="module")
 def whisper() -> WhisperEngine:
     """A second Whisper in the test process, to hear what the agent really said."""
-    return WhisperEngine.load(models.ensure("whisper-base"))
+    return WhisperEngine.load(catalogue.ensure("whisper-base"))
 
 
 def question(fragment: str) -> dict:

@@ -80,3 +80,60 @@ def test_the_baseline_names_its_models_without_their_paths(tmp_path):
     assert described["stt"].startswith("whisper-base ")
     assert described["tts"].startswith("piper-joe-medium ")
     assert described["llm"].startswith("qwen2.5-0.5b-instruct ")
+
+
+# voice/'s layers, lowest first (docs/architecture.md): a module may import its own layer and the
+# ones below it, never one above (imports only for type checking do not count).
+LAYERS = [
+    {"audio", "echo", "protocol", "config", "catalogue", "observability"},
+    {"stt", "tts", "engines", "turntaking", "transports"},
+    {"conversation", "playback", "watchers", "pipeline", "session"},
+    {"server", "cli"},
+]
+
+
+def _runtime_voice_imports(path: Path) -> set[str]:
+    """The voice modules `path` imports when it runs, by their first name under voice/."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = {
+        id(node)
+        for guard in ast.walk(tree)
+        if isinstance(guard, ast.If) and "TYPE_CHECKING" in ast.unparse(guard.test)
+        for node in ast.walk(guard)
+    }
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module:
+            modules = [node.module] + (
+                [f"{node.module}.{a.name}" for a in node.names] if node.module == "voice" else []
+            )
+        elif isinstance(node, ast.Import):
+            modules = [a.name for a in node.names]
+        else:
+            continue
+        names |= {m.split(".")[1] for m in modules if m.startswith("voice.")}
+    return names
+
+
+def _layer(name: str) -> int:
+    return next(i for i, layer in enumerate(LAYERS) if name in layer)
+
+
+def test_voice_imports_run_one_way():
+    wrong = []
+    for path in sorted((ROOT / "voice").rglob("*.py")):
+        rel = path.relative_to(ROOT / "voice")
+        if rel.name == "__init__.py":
+            continue
+        own = rel.parts[0].removesuffix(".py")
+        for imported in _runtime_voice_imports(path):
+            if _layer(imported) > _layer(own):
+                wrong.append(f"voice/{rel} imports voice.{imported}")
+    for path in sorted((ROOT / "agents").rglob("*.py")):
+        for imported in _runtime_voice_imports(path) & (LAYERS[2] | LAYERS[3]):
+            wrong.append(f"{path.relative_to(ROOT)} imports voice.{imported}")
+    assert not wrong, wrong

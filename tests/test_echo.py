@@ -183,7 +183,7 @@ def test_a_plain_echo_is_silenced_and_its_path_found():
 def test_silero_hears_the_echo_but_not_what_the_guard_lets_through():
     from pipecat.audio.vad.silero import SileroVADAnalyzer
 
-    from voice.vad import VAD_CONFIDENCE
+    from voice.turntaking.vad import VAD_CONFIDENCE
 
     vad = SileroVADAnalyzer(sample_rate=RATE)
     vad.set_sample_rate(RATE)

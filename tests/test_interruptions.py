@@ -21,10 +21,15 @@ from pipecat.utils.asyncio.task_manager import TaskManager
 from agents.context import is_resume_request, record_heard_answer
 from voice.config import Settings
 from voice.conversation import TurnFlow
-from voice.end_of_turn import TurnCompletionFrame
 from voice.playback import CUT_OFF_MARK, PlaybackLedger
-from voice.turn_events import SpokenTextEmitter
-from voice.turns import BargeInStrategy, InterruptionPolicy, SpeechSegmentDoneFrame, WholeTurnStopStrategy
+from voice.turntaking.barge_in import BargeInStrategy, InterruptionPolicy
+from voice.turntaking.end_of_turn import SpeechSegmentDoneFrame, WholeTurnStopStrategy
+from voice.turntaking.smart_turn import TurnCompletionFrame
+from voice.watchers import SpokenTextEmitter
+
+# Every sleep and timer here runs on the event loop's virtual clock (looptime): the strategies'
+# timers fire in the order and at the virtual moments the test sets, however loaded the machine.
+pytestmark = pytest.mark.looptime
 
 POLICY = InterruptionPolicy(Settings().backchannel_words)
 AGENT_SAID = "On Monday, Tuesday, Wednesday and Friday we are open from 8 am to 6 pm."

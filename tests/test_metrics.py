@@ -9,7 +9,7 @@ import pytest
 
 from clients.talk import talk
 from tests.test_tracing import spoken_turn
-from voice.metrics import Metrics
+from voice.observability.metrics import Metrics
 
 
 def sample(text: str, name: str) -> float:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from voice.catalogue import ModelError
 from voice.config import Settings
 from voice.engines import resolve_models
-from voice.models import ModelError
 
 
 def test_the_defaults_resolve_to_the_embedded_models():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from voice import models
+from voice import catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,14 +28,14 @@ def fake_carriers(tmp_path, monkeypatch):
     (site / "carrier_two" / "data" / "p2").write_bytes(half_b)
     monkeypatch.syspath_prepend(str(site))
     whole = half_a + half_b
-    spec = models.ModelSpec(
+    spec = catalogue.ModelSpec(
         key="tiny",
         role="stt",
         description="test model",
         files=(
-            models.ModelFile(
+            catalogue.ModelFile(
                 "model.bin",
-                (models.Piece("carrier_one", "data/p1"), models.Piece("carrier_two", "data/p2")),
+                (catalogue.Piece("carrier_one", "data/p1"), catalogue.Piece("carrier_two", "data/p2")),
                 hashlib.sha256(whole).hexdigest(),
                 len(whole),
             ),
@@ -44,43 +44,43 @@ def fake_carriers(tmp_path, monkeypatch):
         licence="MIT",
         upstream="nowhere",
     )
-    monkeypatch.setitem(models.CATALOGUE, "tiny", spec)
+    monkeypatch.setitem(catalogue.CATALOGUE, "tiny", spec)
     return site, whole
 
 
 def test_carriers_are_assembled_into_one_verified_file(fake_carriers, tmp_path):
     _, whole = fake_carriers
-    folder = models.ensure("tiny", tmp_path / "home", progress=False)
+    folder = catalogue.ensure("tiny", tmp_path / "home", progress=False)
     assert (folder / "model.bin").read_bytes() == whole
-    assert models.is_verified("tiny", tmp_path / "home")
-    assert models.verify("tiny", tmp_path / "home")
+    assert catalogue.is_verified("tiny", tmp_path / "home")
+    assert catalogue.verify("tiny", tmp_path / "home")
 
 
 def test_a_model_is_assembled_only_once(fake_carriers, tmp_path, monkeypatch):
     home = tmp_path / "home"
-    models.ensure("tiny", home, progress=False)
+    catalogue.ensure("tiny", home, progress=False)
     calls = []
-    monkeypatch.setattr(models, "_assemble_file", lambda *args: calls.append(args))
-    monkeypatch.setattr(models, "_sha256_file", lambda *args: calls.append(args))
-    models.ensure("tiny", home, progress=False)
+    monkeypatch.setattr(catalogue, "_assemble_file", lambda *args: calls.append(args))
+    monkeypatch.setattr(catalogue, "_sha256_file", lambda *args: calls.append(args))
+    catalogue.ensure("tiny", home, progress=False)
     assert calls == [], "a verified model was read or rebuilt again"
 
 
 def test_a_damaged_model_file_is_rebuilt_from_its_carriers(fake_carriers, tmp_path):
     _, whole = fake_carriers
     home = tmp_path / "home"
-    folder = models.ensure("tiny", home, progress=False)
+    folder = catalogue.ensure("tiny", home, progress=False)
     (folder / "model.bin").write_bytes(b"X" * len(whole))
-    assert not models.is_verified("tiny", home)
-    models.ensure("tiny", home, progress=False)
+    assert not catalogue.is_verified("tiny", home)
+    catalogue.ensure("tiny", home, progress=False)
     assert (folder / "model.bin").read_bytes() == whole
 
 
 def test_a_damaged_carrier_stops_with_the_command_to_reinstall(fake_carriers, tmp_path):
     site, _ = fake_carriers
     (site / "carrier_two" / "data" / "p2").write_bytes(b"C" * 2000)
-    with pytest.raises(models.ModelError, match="requirements-models.txt") as err:
-        models.ensure("tiny", tmp_path / "home", progress=False)
+    with pytest.raises(catalogue.ModelError, match="requirements-models.txt") as err:
+        catalogue.ensure("tiny", tmp_path / "home", progress=False)
     assert "wrong sha256" in str(err.value)
     leftovers = list((tmp_path / "home" / "models" / "tiny").iterdir())
     assert not [p for p in leftovers if p.name != ".verified.json"], f"half-written files left: {leftovers}"
@@ -89,8 +89,8 @@ def test_a_damaged_carrier_stops_with_the_command_to_reinstall(fake_carriers, tm
 def test_a_missing_carrier_says_what_to_run(fake_carriers, tmp_path):
     site, _ = fake_carriers
     (site / "carrier_two" / "data" / "p2").unlink()
-    with pytest.raises(models.ModelError, match="make setup") as err:
-        models.ensure("tiny", tmp_path / "home", progress=False)
+    with pytest.raises(catalogue.ModelError, match="make setup") as err:
+        catalogue.ensure("tiny", tmp_path / "home", progress=False)
     assert "carrier-two" in str(err.value)
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.test_tracing import spoken_turn
-from voice.metrics import Metrics
-from voice.otel import SpanRecorder
+from voice.observability.metrics import Metrics
+from voice.observability.otel import SpanRecorder
 
 NS_PER_MS = 1_000_000
 
@@ -42,10 +42,12 @@ def test_a_turn_becomes_a_turn_span_with_a_span_per_stage_under_its_conversation
     assert by_name["voice_to_voice"].start_time == turn.start_time
 
 
-def test_without_an_exporter_there_are_no_spans():
+def test_without_an_exporter_turns_are_still_measured_in_metrics():
     metrics = Metrics()
     tracer, _ = spoken_turn()
     metrics.session_started("s1")
-    metrics.turn("s1", tracer.current)  # nothing to export to, and nothing fails
+    metrics.turn("s1", tracer.current)
     metrics.session_ended("s1")
-    assert metrics.spans is None
+    assert metrics.spans is None, "no exporter is set up unless one is configured"
+    text = metrics.render().decode()
+    assert "parley_voice_to_voice_seconds_count 1.0" in text.splitlines(), "the turn still counts"

@@ -36,18 +36,11 @@ from clients.phone import main as phone_main
 from clients.sound import SoundUnavailable
 from voice import protocol
 from voice.config import DEFAULT_DTMF_REPLIES, Settings
-from voice.narrowband import LowDelayResampler
-from voice.phone import (
-    STREAM_TOKEN_PARAMETER,
-    check_signature,
-    stream_token,
-    stream_token_ok,
-    twilio_signature,
-)
 from voice.pipeline import ConversationPipeline, stt_beam_size
 from voice.protocol import ProtocolError
 from voice.server import create_app
 from voice.session import KEYPAD_TURN_TEXT, EndReason, Session
+from voice.transports.narrowband import LowDelayResampler
 from voice.transports.twilio import (
     MarkBook,
     StreamStart,
@@ -55,6 +48,13 @@ from voice.transports.twilio import (
     await_stream_start,
     decode_payload,
     parse_stream_message,
+)
+from voice.transports.twilio_webhook import (
+    STREAM_TOKEN_PARAMETER,
+    check_signature,
+    stream_token,
+    stream_token_ok,
+    twilio_signature,
 )
 from voice.transports.websocket import ParleyWire
 
@@ -526,6 +526,7 @@ async def settle(session: Session) -> None:
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.looptime  # the session's waits (the hang-up grace) on a virtual clock
 async def test_a_key_with_a_reply_is_a_turn_answered_with_that_reply_not_by_the_llm():
     session, worker, _socket = fake_session()
     await session.keypad("*")
@@ -539,6 +540,7 @@ async def test_a_key_with_a_reply_is_a_turn_answered_with_that_reply_not_by_the_
     assert session.tracer.current.typed, "a key press has no speech to time"
 
 
+@pytest.mark.looptime  # the session's waits (the hang-up grace) on a virtual clock
 async def test_a_key_cuts_off_the_agent_and_the_caller_stops_hearing_it():
     session, worker, socket = fake_session(dtmf_replies={"0": "Transferring you."})
     session.flow.turn_ended("What time do you open?")  # the agent is mid-answer, and heard
@@ -550,6 +552,7 @@ async def test_a_key_cuts_off_the_agent_and_the_caller_stops_hearing_it():
     assert [m["event"] for m in socket.sent] == ["clear"]
 
 
+@pytest.mark.looptime  # the session's waits (the hang-up grace) on a virtual clock
 async def test_a_key_without_a_reply_changes_nothing():
     session, worker, _socket = fake_session(dtmf_replies={"0": "Transferring you."})
     await session.keypad("5")
@@ -557,6 +560,7 @@ async def test_a_key_without_a_reply_changes_nothing():
     assert worker.queued == []
 
 
+@pytest.mark.looptime  # the session's waits (the hang-up grace) on a virtual clock
 async def test_a_hang_up_stops_the_session_with_its_reason():
     session, worker, _socket = fake_session()
     await session.hang_up("the caller hung up (Twilio sent stop)")

@@ -25,10 +25,10 @@ import websockets
 
 from clients.phone import RATE, PhoneCall, new_call_sid, ring
 from tests.conftest import silence, speak, start_server, stop_server
-from voice import models
+from voice import catalogue
 from voice.audio import resample_pcm16
-from voice.phone import twilio_signature
 from voice.stt import WHISPER_SAMPLE_RATE, WhisperEngine
+from voice.transports.twilio_webhook import twilio_signature
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,7 @@ TOKEN = "e2e-test-auth-token"
 ANSWER_TIMEOUT_S = 90  # model turns on a shared 2-core machine
 QUESTIONS = {
     q["id"]: q
-    for q in json.loads((models.Path(__file__).parent.parent / "benchmarks" / "questions.json").read_text())
+    for q in json.loads((pathlib.Path(__file__).parent.parent / "benchmarks" / "questions.json").read_text())
 }
 LONG_QUESTION = "What are your opening hours during the week?"  # the week's hours: room to cut in
 # Into the agent's answer: past its first words, well before its end. The answer is the few facts
@@ -62,7 +62,7 @@ def media_url(phone_server) -> str:
 @pytest.fixture(scope="module")
 def whisper() -> WhisperEngine:
     """A second Whisper in the test process, to hear what the caller heard."""
-    return WhisperEngine.load(models.ensure("whisper-base"))
+    return WhisperEngine.load(catalogue.ensure("whisper-base"))
 
 
 async def answered_call(

@@ -13,8 +13,8 @@ import pytest
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 
-from voice.end_of_turn import PIPECAT_PREDICT
-from voice.turns import PIPECAT_STOP_STRATEGY_INTERNALS, WholeTurnStopStrategy
+from voice.turntaking.end_of_turn import PIPECAT_STOP_STRATEGY_INTERNALS, WholeTurnStopStrategy
+from voice.turntaking.smart_turn import PIPECAT_PREDICT
 
 
 @pytest.mark.parametrize("name,kind", sorted(PIPECAT_STOP_STRATEGY_INTERNALS.items(), key=str))

@@ -15,7 +15,7 @@ from agents.rag.ingest import ingest_dir
 from agents.rag.questions import QuestionWriter, parse_questions
 from agents.rag.retrieve import Retriever
 from agents.rag.store import KnowledgeStore
-from voice.models import ensure
+from voice.catalogue import ensure
 
 ENDPOINT = LLMEndpoint("http://llm.test/v1", "fake", "")
 

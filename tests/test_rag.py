@@ -27,7 +27,7 @@ from agents.rag.retrieve import (
     open_knowledge,
 )
 from agents.rag.store import KnowledgeStore
-from voice.models import ensure
+from voice.catalogue import ensure
 
 ROOT = Path(__file__).resolve().parents[1]
 KNOWLEDGE_DIR = ROOT / "agents" / "knowledge"

@@ -9,6 +9,7 @@ import copy
 import dataclasses
 from types import SimpleNamespace
 
+import pytest
 from pipecat.frames.frames import (
     Frame,
     LLMContextFrame,
@@ -25,8 +26,12 @@ from pipecat.utils.asyncio.task_manager import TaskManager
 
 from agents.context import FACTS_HEADER, KnowledgeContextProcessor
 from agents.rag.retrieve import Hit
-from voice.end_of_turn import TurnCompletionFrame
-from voice.turns import SpeechSegmentDoneFrame, WholeTurnStopStrategy
+from voice.turntaking.end_of_turn import SpeechSegmentDoneFrame, WholeTurnStopStrategy
+from voice.turntaking.smart_turn import TurnCompletionFrame
+
+# The fake LLM's prefill and the end-of-turn pauses run on the event loop's virtual clock
+# (looptime): what overlaps what is set by the test, not by how loaded the machine is.
+pytestmark = pytest.mark.looptime
 
 TUNE_UP = Hit("prices.md", "Services > Tune-ups", "A basic tune-up costs $65.", 0.9, cosine=0.7)
 HISTORY = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from voice.tracing import STAGES, Moment, TurnTracer
+from voice.observability.tracing import STAGES, Moment, TurnTracer
 
 MS = 1_000_000
 

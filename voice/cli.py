@@ -8,22 +8,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from voice import models
+from voice import catalogue
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
     if args.ensure:
         try:
-            for key in models.CATALOGUE:
-                models.ensure(key, progress=sys.stderr.isatty())
-        except models.ModelError as exc:
+            for key in catalogue.CATALOGUE:
+                catalogue.ensure(key, progress=sys.stderr.isatty())
+        except catalogue.ModelError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    rows = models.status()
+    rows = catalogue.status()
     print(f"{'model':<24}{'role':<12}{'size':>9}  {'state':<14}{'licence':<12}  path")
     for row in rows:
         if args.verify and row.verified:
-            ok = models.verify(row.key)
+            ok = catalogue.verify(row.key)
             state = "verified" if ok else "CORRUPT"
         elif row.verified:
             state = "ready"
@@ -37,11 +37,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
         )
     for key, rel in (("silero-vad", "audio/vad/data/silero_vad.onnx"),):
         try:
-            path = models.bundled_pipecat_file(rel)
+            path = catalogue.bundled_pipecat_file(rel)
             print(
                 f"{key:<24}{'vad':<12}{path.stat().st_size / 1e6:>7.1f}MB  {'bundled':<14}{'MIT':<12}  {path}"
             )
-        except models.ModelError as exc:
+        except catalogue.ModelError as exc:
             print(f"{key:<24}{'vad':<12}{'-':>9}  {'missing':<14}  {exc}")
     missing = [r.key for r in rows if not r.verified]
     if missing and not args.ensure:
@@ -93,9 +93,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         overrides["ingest_questions"] = "any" if args.questions else "false"
     settings = Settings(**overrides)
     try:
-        embedder = Embedder.load(models.ensure("minilm-l6-int8", settings.home))
+        embedder = Embedder.load(catalogue.ensure("minilm-l6-int8", settings.home))
         writer, llm = _question_writer(settings)
-    except models.ModelError as exc:
+    except catalogue.ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     db = Path(args.db) if args.db else settings.knowledge_db()

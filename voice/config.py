@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from voice.models import default_home
+from voice.catalogue import default_home
 
 KNOWLEDGE_DEFAULT = Path(__file__).resolve().parent.parent / "agents" / "knowledge"
 # The keys of a telephone keypad, as Twilio names them in its `dtmf` messages.

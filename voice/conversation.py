@@ -22,7 +22,7 @@ The agent's side of the conversation is one `Phase`:
 
 Any phase goes to ENDED when the session stops. Whether the *user* is speaking is a separate fact
 (`user_speaking`): they may speak in any phase, and whether that takes the floor is the barge-in
-strategy's verdict (voice/turns.py), which arrives here as `hold`, `release` or `interrupted`.
+strategy's verdict (voice/turntaking/barge_in.py), which arrives here as `hold`, `release` or `interrupted`.
 """
 
 from __future__ import annotations

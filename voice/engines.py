@@ -13,11 +13,11 @@ from agents.llm import EmbeddedLLM, LLMEndpoint, prime_slots
 from agents.rag.embed import Embedder
 from agents.rag.questions import SHIPPED_CACHE, QuestionWriter
 from agents.rag.retrieve import Retriever, open_knowledge
-from voice import models
+from voice import catalogue
 from voice.config import Settings
-from voice.end_of_turn import SmartTurnEngine
 from voice.stt import WhisperEngine
 from voice.tts import PiperEngine, fetch_piper_voice
+from voice.turntaking.smart_turn import SmartTurnEngine
 
 log = logging.getLogger(__name__)
 
@@ -40,43 +40,43 @@ def resolve_models(settings: Settings) -> ModelPaths:
     """Assemble (once) and verify the embedded defaults that settings don't replace.
 
     Each model can be replaced by a local path; STT, TTS and the LLM also by a hub id or voice
-    name, fetched by their own libraries for users who are online. Raises models.ModelError with
+    name, fetched by their own libraries for users who are online. Raises catalogue.ModelError with
     what to do when something is missing or damaged.
     """
     home = settings.home
-    stt = settings.stt_model or str(models.ensure("whisper-base", home))
+    stt = settings.stt_model or str(catalogue.ensure("whisper-base", home))
     tts: Path | str
     if not settings.tts_voice:
-        tts = models.ensure("piper-joe-medium", home) / "voice.onnx"
+        tts = catalogue.ensure("piper-joe-medium", home) / "voice.onnx"
     elif PIPER_VOICE_NAME.match(settings.tts_voice) and not Path(settings.tts_voice).exists():
         tts = settings.tts_voice
     else:
         tts = Path(settings.tts_voice)
         if not tts.is_file() or not Path(f"{tts}.json").is_file():
-            raise models.ModelError(
+            raise catalogue.ModelError(
                 f"PARLEY_TTS_VOICE={tts}: need the .onnx file and its .onnx.json beside it "
                 "(or a Piper voice name such as en_US-lessac-medium, if you are online)."
             )
     gguf: Path | str | None = None
     if not settings.llm_base_url:
         if not settings.llm_gguf:
-            gguf = models.ensure("qwen2.5-0.5b-instruct", home) / "model.gguf"
+            gguf = catalogue.ensure("qwen2.5-0.5b-instruct", home) / "model.gguf"
         elif Path(settings.llm_gguf).is_file():
             gguf = Path(settings.llm_gguf)
         elif HUB_ID.match(settings.llm_gguf):
             gguf = settings.llm_gguf
         else:
-            raise models.ModelError(
+            raise catalogue.ModelError(
                 f"PARLEY_LLM_GGUF={settings.llm_gguf} is not a file (nor a hub id such as owner/repo:file.gguf)."
             )
     if settings.embedding_model:
         embeddings = Path(settings.embedding_model)
         if not (embeddings / "model.onnx").is_file() or not (embeddings / "tokenizer.json").is_file():
-            raise models.ModelError(
+            raise catalogue.ModelError(
                 f"PARLEY_EMBEDDING_MODEL={embeddings}: need a folder with model.onnx and tokenizer.json."
             )
     else:
-        embeddings = models.ensure("minilm-l6-int8", home)
+        embeddings = catalogue.ensure("minilm-l6-int8", home)
     return ModelPaths(stt=stt, tts=tts, llm_gguf=gguf, embeddings=embeddings)
 
 
@@ -124,10 +124,10 @@ async def _load(role: str, what: object, hint: str, fn, *args):
     """Run a blocking loader in a thread; a failure names the model and what to do."""
     try:
         return await asyncio.to_thread(fn, *args)
-    except models.ModelError:
+    except catalogue.ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one clear message
-        raise models.ModelError(
+        raise catalogue.ModelError(
             f"The {role} model {what} could not be loaded ({type(exc).__name__}: {exc}). {hint}"
         ) from exc
 

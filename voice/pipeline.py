@@ -7,7 +7,7 @@ Audio flows down, the agent's answer comes back out:
       → wire output (real-time pacing) → playback watcher → assistant history → history watcher
 
 The stages reach the session through its `TurnHooks` and `WireHooks` (what they saw) and its
-`TurnFlow` (where the conversation is); see voice/turn_events.py.
+`TurnFlow` (where the conversation is); see voice/watchers.py.
 """
 
 from __future__ import annotations
@@ -24,18 +24,19 @@ from agents.context import SYSTEM_PROMPT, KnowledgeContextProcessor
 from agents.llm import make_llm_stage, prompt_renderer
 from agents.speculation import PromptPrefill
 from voice.audio import PIPELINE_SAMPLE_RATE
+from voice.observability.tracing import Moment
 from voice.stt import WhisperSTTStage
-from voice.tracing import Moment
 from voice.transports.websocket import make_transport
 from voice.tts import PiperTTSStage
-from voice.turn_events import (
+from voice.turntaking.barge_in import InterruptionPolicy
+from voice.turntaking.user_turns import user_turn_params
+from voice.watchers import (
     HistoryWatcher,
     LLMWatcher,
     PlaybackWatcher,
     SpokenTextEmitter,
     UserTurnWatcher,
 )
-from voice.turns import InterruptionPolicy, user_turn_params
 
 if TYPE_CHECKING:
     from voice.session import Session
@@ -116,6 +117,6 @@ def build_pipeline(session: Session) -> ConversationPipeline:
         ),
         enable_rtvi=False,  # Parley speaks its own protocol; RTVI would add ~100 messages a session
         idle_timeout_secs=None,  # a silent caller is not an error; the socket closing ends the session
-        enable_turn_tracking=False,  # turns are traced by voice/tracing.py
+        enable_turn_tracking=False,  # turns are traced by voice/observability/tracing.py
     )
     return ConversationPipeline(worker, transport, context, knowledge, prefill)

@@ -16,13 +16,14 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.websockets import WebSocketState
 
-from voice import phone, protocol
+from voice import protocol
+from voice.catalogue import ModelError
 from voice.config import Settings
 from voice.engines import Engines, ModelPaths, load_engines, resolve_models
-from voice.metrics import Metrics
-from voice.models import ModelError
-from voice.otel import SpanRecorder, make_exporter
+from voice.observability.metrics import Metrics
+from voice.observability.otel import SpanRecorder, make_exporter
 from voice.session import EndReason, Session
+from voice.transports import twilio_webhook
 from voice.transports.twilio import TwilioWire, await_stream_start
 from voice.transports.websocket import ParleyWire
 from voice.transports.wire import Wire, receive_before
@@ -54,7 +55,7 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
         log.warning(
             "PARLEY_TWILIO_AUTH_TOKEN is not set: POST %s answers anyone, not only Twilio. Set it to your "
             "Twilio account's auth token to accept only signed requests.",
-            phone.VOICE_PATH,
+            twilio_webhook.VOICE_PATH,
         )
 
     async def _load() -> None:
@@ -155,7 +156,7 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
             if rate is not None:
                 await _converse(ParleyWire(websocket, rate))
 
-    @app.post(phone.VOICE_PATH)
+    @app.post(twilio_webhook.VOICE_PATH)
     async def twilio_voice(request: Request):
         """Twilio's voice webhook for an incoming call: TwiML that connects it to /twilio/media."""
         body = await request.body()
@@ -165,23 +166,32 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
         token = settings.twilio_auth_token.get_secret_value()
         try:
             if token:
-                url = phone.signed_url(settings.public_url, str(request.url))
-                phone.check_signature(token, request.headers.get(phone.SIGNATURE_HEADER), url, params)
-            stream = phone.stream_url(settings.public_url, request.headers.get("host"))
-        except phone.WebhookError as exc:
-            log.warning("POST %s refused (%d): %s", phone.VOICE_PATH, exc.status, exc.message)
+                url = twilio_webhook.signed_url(settings.public_url, str(request.url))
+                twilio_webhook.check_signature(
+                    token, request.headers.get(twilio_webhook.SIGNATURE_HEADER), url, params
+                )
+            stream = twilio_webhook.stream_url(settings.public_url, request.headers.get("host"))
+        except twilio_webhook.WebhookError as exc:
+            log.warning("POST %s refused (%d): %s", twilio_webhook.VOICE_PATH, exc.status, exc.message)
             state.metrics.error("bad_signature" if exc.status == 403 else "bad_webhook")
             return PlainTextResponse(exc.message, status_code=exc.status)
         call_sid = dict(params).get("CallSid", "?")
         if refusal := _refusal():
             log.warning("call %s turned away (%s): %s", call_sid, *refusal)
             state.metrics.error(refusal[0])
-            return Response(phone.busy_twiml(), media_type=phone.TWIML_MEDIA_TYPE)
+            return Response(twilio_webhook.busy_twiml(), media_type=twilio_webhook.TWIML_MEDIA_TYPE)
         log.info("call %s: answering with a media stream at %s", call_sid, stream)
-        parameters = {phone.STREAM_TOKEN_PARAMETER: phone.stream_token(token, call_sid)} if token else None
-        return Response(phone.connect_stream_twiml(stream, parameters), media_type=phone.TWIML_MEDIA_TYPE)
+        parameters = (
+            {twilio_webhook.STREAM_TOKEN_PARAMETER: twilio_webhook.stream_token(token, call_sid)}
+            if token
+            else None
+        )
+        return Response(
+            twilio_webhook.connect_stream_twiml(stream, parameters),
+            media_type=twilio_webhook.TWIML_MEDIA_TYPE,
+        )
 
-    @app.websocket(phone.MEDIA_PATH)
+    @app.websocket(twilio_webhook.MEDIA_PATH)
     async def twilio_media(websocket: WebSocket):
         """A call's bidirectional Media Stream: the same conversation as /ws, over the phone."""
         await websocket.accept()
@@ -208,13 +218,13 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
             if (
                 start is not None
                 and token
-                and not phone.stream_token_ok(token, start.call_sid, start.custom_parameters)
+                and not twilio_webhook.stream_token_ok(token, start.call_sid, start.custom_parameters)
             ):
                 log.warning(
                     "phone stream for call %s refused: no valid %s (only calls answered by %s get one)",
                     start.call_sid or "?",
-                    phone.STREAM_TOKEN_PARAMETER,
-                    phone.VOICE_PATH,
+                    twilio_webhook.STREAM_TOKEN_PARAMETER,
+                    twilio_webhook.VOICE_PATH,
                 )
                 state.metrics.error("bad_stream_token")
                 with contextlib.suppress(Exception):

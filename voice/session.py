@@ -4,7 +4,7 @@ turn flow (voice/conversation.py), and speaks the protocol's events.
 The same conversation runs over `/ws` and over a phone call: the session's `Wire`
 (voice/transports/wire.py) holds what differs, the serializer and where the events go. The
 session is the one object the pipeline's stages report to: it implements their `TurnHooks`
-(voice/turn_events.py) and the wire's `WireHooks`.
+(voice/watchers.py) and the wire's `WireHooks`.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from voice.config import Settings
 from voice.conversation import Interruption, TurnFlow
 from voice.echo import EchoGuard
 from voice.engines import Engines
-from voice.metrics import Metrics
+from voice.observability.metrics import Metrics
+from voice.observability.tracing import Moment, TurnTracer
 from voice.pipeline import ConversationPipeline, build_pipeline
 from voice.playback import PlaybackLedger
-from voice.tracing import Moment, TurnTracer
 from voice.transports.wire import Wire
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,9 @@ from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.utils.time import time_now_iso8601
 
 from voice.audio import PIPELINE_SAMPLE_RATE, pcm16_to_float
-from voice.end_of_turn import TURN_CONTEXT_S, SmartTurnEngine
-from voice.tracing import Moment, TurnTracer
-from voice.turns import SpeechSegmentDoneFrame
+from voice.observability.tracing import Moment, TurnTracer
+from voice.turntaking.end_of_turn import SpeechSegmentDoneFrame
+from voice.turntaking.smart_turn import TURN_CONTEXT_S, SmartTurnEngine
 
 log = logging.getLogger(__name__)
 

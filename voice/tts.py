@@ -22,7 +22,7 @@ from pipecat.services.tts_service import TTSService
 from pipecat.utils.text.base_text_aggregator import Aggregation, TextType
 from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 
-from voice.tracing import Moment, TurnTracer
+from voice.observability.tracing import Moment, TurnTracer
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ class Embedder:
 
     @classmethod
     def load(cls, folder: Path) -> Embedder:
-        """Load `model.onnx` and `tokenizer.json` from `folder` (as returned by `voice.models.ensure`)."""
+        """Load `model.onnx` and `tokenizer.json` from `folder` (as returned by `voice.catalogue.ensure`)."""
         folder = Path(folder)
         options = ort.SessionOptions()
         options.intra_op_num_threads = ONNX_INTRA_OP_THREADS

@@ -9,7 +9,7 @@ caller stops hearing it at once.
 
 pipecat's `TwilioFrameSerializer` does the audio: μ-law to PCM and back, resampled between 8 kHz
 and the pipeline's rates (16 kHz in, for the VAD and Whisper; the voice's rate out), here with
-Parley's low-delay resampler (voice/narrowband.py: pipecat's own holds back up to 200 ms). This
+Parley's low-delay resampler (voice/transports/narrowband.py: pipecat's own holds back up to 200 ms). This
 module adds what a conversation needs around it: every message checked (a bad one is logged and
 counted, and the call goes on), keys and marks handed to the session, and Twilio's REST API never
 called (pipecat would hang the call up through it, which needs account credentials).
@@ -40,8 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from voice import protocol
 from voice.audio import PIPELINE_SAMPLE_RATE
 from voice.config import DTMF_KEYS
-from voice.narrowband import LowDelayResampler
 from voice.protocol import ProtocolError
+from voice.transports.narrowband import LowDelayResampler
 from voice.transports.wire import AudioPath, Wire, WireHooks, receive_before
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class TwilioWireSerializer(TwilioFrameSerializer):
             ),
         )
         # Both directions resampled with 3 ms of delay instead of pipecat's block-wise soxr stream,
-        # which holds back 60 ms of the caller and up to 200 ms of the agent (voice/narrowband.py).
+        # which holds back 60 ms of the caller and up to 200 ms of the agent (voice/transports/narrowband.py).
         self._input_resampler = LowDelayResampler()
         self._output_resampler = LowDelayResampler()
         self.stream_sid = start.stream_sid

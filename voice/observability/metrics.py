@@ -1,5 +1,5 @@
 """Prometheus metrics and the JSON-lines trace log, both fed from the one per-turn record
-(`voice.tracing.TurnRecord`), so they carry the same figures as the `turn.trace` event."""
+(`voice.observability.tracing.TurnRecord`), so they carry the same figures as the `turn.trace` event."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from voice.otel import SpanRecorder
-from voice.tracing import STAGES, TurnRecord
+from voice.observability.otel import SpanRecorder
+from voice.observability.tracing import STAGES, TurnRecord
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voice import protocol
 from voice.conversation import TurnFlow
+from voice.observability.tracing import Moment, TurnTracer
 from voice.playback import PlaybackLedger
-from voice.tracing import Moment, TurnTracer
 
 
 class TurnHooks(Protocol):
@@ -46,7 +46,7 @@ class TurnHooks(Protocol):
     async def audio_done(self) -> None: ...
     async def stage_failed(self, error: str) -> None: ...
 
-    # The barge-in strategy (voice/turns.py).
+    # The barge-in strategy (voice/turntaking/barge_in.py).
     def agent_recent_text(self) -> str:
         """What the agent said in the last few seconds (to recognise its own echo)."""
 
@@ -56,7 +56,7 @@ class TurnHooks(Protocol):
     async def release_agent(self, reason: str) -> None:
         """Resume the agent's audio: the sound was not an interruption."""
 
-    # The end-of-turn strategy (voice/turns.py).
+    # The end-of-turn strategy (voice/turntaking/end_of_turn.py).
     async def nothing_heard(self) -> None:
         """The user's sound had no words (a cough, a door)."""
 

@@ -1,6 +1,6 @@
 """OpenTelemetry spans: a span per conversation, a child span per turn, and under each turn one
 span per stage, made from the same `TurnRecord` as the `turn.trace` event (so the same moments
-and figures, `voice/tracing.py`).
+and figures, `voice/observability/tracing.py`).
 
 Turn and stage spans are written when the turn is over, with the start and end times of the
 moments they run between: a stage span lasts exactly its `turn.trace` figure. The exporter comes
@@ -19,7 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-from voice.tracing import STAGES, TurnRecord
+from voice.observability.tracing import STAGES, TurnRecord
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Smart Turn v3: does the user's speech sound finished? ("Yes." does; "Hi, I've got a flat tyre
 and…" does not.) The ONNX model ships inside pipecat (no torch); one copy per process.
 
-The end-of-turn strategy (voice/turns.py) waits a short silence after speech judged finished and
+The end-of-turn strategy (voice/turntaking/end_of_turn.py) waits a short silence after speech judged finished and
 a longer one after speech judged unfinished; the STT stage asks the model at each pause, in
 parallel with Whisper.
 """
