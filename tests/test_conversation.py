@@ -191,6 +191,15 @@ def test_a_continuation_that_cannot_be_merged_is_a_turn_of_its_own(flow):
     assert flow.number_turn("Do you sell helmets?", merged=False) == 2
 
 
+def test_a_key_pressed_before_anything_was_heard_is_a_turn_of_its_own(flow):
+    ask(flow, "What time do you open?")
+    flow.typed_turn("(pressed 0 on the keypad)", "Transferring you.")
+    assert flow.interrupted() is Interruption.CONTINUED
+    end = flow.turn_ended("(pressed 0 on the keypad)")
+    assert end.continues is None, "the key press is not glued onto the question before it"
+    assert flow.number_turn("(pressed 0 on the keypad)", merged=False) == 2
+
+
 def test_noise_that_cut_off_an_unheard_answer_asks_the_same_turn_again(flow):
     ask(flow)
     flow.interrupted()

@@ -10,19 +10,20 @@ The agent's side of the conversation is one `Phase`:
 ```
                  turn ended                first audio sent
    LISTENING ─────────────────► THINKING ──────────────────► SPEAKING ◄──┐
-      ▲  ▲                         │                           │   │     │ released: a cough,
-      │  │ next turn ended         │ interrupted before        │   │hold │ a backchannel, echo
-      │  │                         │ any audio (the user       │   ▼     │
-      │  └────── CUT_OFF ◄─────────┘ is still talking)         │  HELD ──┘
-      │             ▲                                          │   │
-      │             └──────────────────────────────────────────┼───┘ interrupted: the user
+      ▲                           ▲  │                         │   │     │ released: a cough,
+      │                next turn  │  │ interrupted before      │   │hold │ a backchannel, echo
+      │                    ended  │  ▼ any audio: the user     │   ▼     │
+      │                         CUT_OFF  continues their turn  │  HELD ──┘
+      │                           ▲                            │   │
+      │                           └────────────────────────────┼───┘ interrupted: the user
       │                                                        │     took the floor
       └──────────────────── audio done ────────────────────────┘
 ```
 
 Any phase goes to ENDED when the session stops. Whether the *user* is speaking is a separate fact
 (`user_speaking`): they may speak in any phase, and whether that takes the floor is the barge-in
-strategy's verdict (voice/turntaking/barge_in.py), which arrives here as `hold`, `release` or `interrupted`.
+strategy's verdict (voice/turntaking/barge_in.py), which arrives here as `hold`, `release` or
+`interrupted`.
 """
 
 from __future__ import annotations
@@ -172,12 +173,9 @@ class TurnFlow:
         self.phase = Phase.THINKING
         self.answer = Answer(self.turn_id, typed=typed, reply=self._typed.pop(text, None))
         self.floor_open.set()
-        return TurnEnd(
-            typed=typed,
-            repeat=repeat,
-            after_cut_off=self._cut_off_turn is not None,
-            continues=None if repeat else self._continues,
-        )
+        # A key press is a turn of its own: it never continues the question before it.
+        continues = None if repeat or self.answer.reply is not None else self._continues
+        return TurnEnd(typed, repeat, after_cut_off=self._cut_off_turn is not None, continues=continues)
 
     def cut_off_settled(self, unheard: str) -> None:
         """The cut-off answer's history now says what was heard; `unheard` is the rest of it."""
