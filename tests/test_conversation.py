@@ -125,8 +125,19 @@ def test_an_answer_that_finished_during_the_hold_is_released_into_listening(flow
     speaking(flow, clock)
     flow.hold(clock.ns)
     assert flow.audio_done(), "its last chunk had gone out before the sound"
+    assert flow.phase is Phase.HELD, "the verdict on the sound is still to come"
+    assert not flow.audio_done(), "an answer is done once"
     assert flow.release()
     assert flow.phase is Phase.LISTENING and flow.floor_open.is_set()
+
+
+def test_an_answer_that_finished_during_the_hold_can_still_be_cut_off(flow, clock):
+    """The client may still be playing it: taking the floor cuts it off, as the pause promised."""
+    speaking(flow, clock)
+    flow.hold(clock.ns)
+    flow.audio_done()
+    assert flow.interrupted() is Interruption.CUT_OFF
+    assert flow.answer.done and flow.history_pending
 
 
 def test_a_release_after_the_answer_was_cut_off_resumes_nothing(flow, clock):

@@ -20,7 +20,9 @@ The agent's side of the conversation is one `Phase`:
       └──────────────────── audio done ────────────────────────┘
 ```
 
-Any phase goes to ENDED when the session stops. Whether the *user* is speaking is a separate fact
+A held answer whose last audio goes out during the hold stays HELD until the verdict: released, it
+goes to LISTENING; cut off, to CUT_OFF (the client may still have been playing it). Any phase goes
+to ENDED when the session stops. Whether the *user* is speaking is a separate fact
 (`user_speaking`): they may speak in any phase, and whether that takes the floor is the barge-in
 strategy's verdict (voice/turntaking/barge_in.py), which arrives here as `hold`, `release` or
 `interrupted`.
@@ -68,6 +70,7 @@ class Answer:
     typed: bool = False  # the turn was typed (or a key press): it has no speech to time
     started: bool = False  # the LLM (or a prepared reply) began it
     audible: bool = False  # its first audio went out
+    done: bool = False  # its last audio went out (the client may still be playing it)
     hold: Hold | None = None  # the sound holding it, while held
     barge_in: Hold | None = None  # the held sound that then cut it off
     reply: str | None = None  # said as it is, without the LLM (a key press's reply)
@@ -237,8 +240,8 @@ class TurnFlow:
         if self.answer is None or self.answer.hold is None:
             return False
         if self.phase is Phase.HELD:
-            self.phase = Phase.SPEAKING
-        # (Its last audio may have gone out just before the hold: then the answer is done.)
+            # Its last audio may have gone out before the verdict: then there is nothing to carry on.
+            self.phase = Phase.LISTENING if self.answer.done else Phase.SPEAKING
         self.answer.hold = None
         return True
 
@@ -259,9 +262,13 @@ class TurnFlow:
 
     def audio_done(self) -> bool:
         """The answer's last audio went out. False: it was not this turn's answer."""
-        if not self.response_in_progress:
+        if not self.response_in_progress or self.answer.done:
             return False
-        self.phase = Phase.LISTENING
+        self.answer.done = True
+        if self.phase is not Phase.HELD:
+            # Held, it waits for the verdict on the user's sound: they may still cut it off (and
+            # the client drop what it holds of it), or give it back.
+            self.phase = Phase.LISTENING
         return True
 
     def nothing_heard(self) -> bool:

@@ -318,7 +318,8 @@ class Session:
         await self.send(
             protocol.AgentInterrupted(turn_id=self.turn_id, heard_text=self.playback.heard_text())
         )
-        await self._send_trace()
+        if not self.flow.answer.done:
+            await self._send_trace()  # (an answer whose audio was all sent had its trace then)
 
     async def audio_done(self) -> None:
         if not self.flow.audio_done():
