@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -94,8 +95,6 @@ LAYERS = [
 
 def _runtime_voice_imports(path: Path) -> set[str]:
     """The voice modules `path` imports when it runs, by their first name under voice/."""
-    import ast
-
     tree = ast.parse(path.read_text(encoding="utf-8"))
     skipped = {
         id(node)

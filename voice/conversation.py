@@ -64,9 +64,9 @@ class Hold:
 
 @dataclass
 class Answer:
-    """One answer's life, from the turn that asked for it to its last audio or its cut-off."""
+    """One answer's life, from the turn that asked for it to its last audio or its cut-off (its
+    turn is the flow's `turn_id`)."""
 
-    turn_id: int
     typed: bool = False  # the turn was typed (or a key press): it has no speech to time
     started: bool = False  # the LLM (or a prepared reply) began it
     audible: bool = False  # its first audio went out
@@ -174,7 +174,7 @@ class TurnFlow:
         repeat, self._repeat = self._repeat, False
         typed = text in self._typed
         self.phase = Phase.THINKING
-        self.answer = Answer(self.turn_id, typed=typed, reply=self._typed.pop(text, None))
+        self.answer = Answer(typed=typed, reply=self._typed.pop(text, None))
         self.floor_open.set()
         # A key press is a turn of its own: it never continues the question before it.
         continues = None if repeat or self.answer.reply is not None else self._continues
@@ -193,8 +193,6 @@ class TurnFlow:
             self.turn_id += 1
         self._continues = None
         self._last_user_text = text
-        if self.answer is not None:
-            self.answer.turn_id = self.turn_id
         return self.turn_id
 
     def resumable(self) -> bool:
