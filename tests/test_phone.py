@@ -36,12 +36,15 @@ from clients.phone import main as phone_main
 from clients.sound import SoundUnavailable
 from voice import protocol
 from voice.config import DEFAULT_DTMF_REPLIES, Settings
+from voice.observability.metrics import EndReason
 from voice.pipeline import ConversationPipeline, stt_beam_size
 from voice.protocol import ProtocolError
 from voice.server import create_app
-from voice.session import KEYPAD_TURN_TEXT, EndReason, Session
+from voice.session import Session
 from voice.transports.narrowband import LowDelayResampler
 from voice.transports.twilio import (
+    HANG_UP_CLOSE_GRACE_S,
+    KEYPAD_TURN_TEXT,
     MarkBook,
     StreamStart,
     TwilioWire,
@@ -328,8 +331,9 @@ class FakeSocket:
 class FakeSession:
     def __init__(self, audio_allowed: bool = True):
         self.errors: list[str] = []
-        self.keys: list[str] = []
-        self.hung_up: list[str] = []
+        self.typed: list[tuple[str, str | None]] = []
+        self.ending_reasons: list[str] = []
+        self.stopped: list[str] = []
         self.played: list[tuple[int, float]] = []
         self.position = (1, 0.0)
         self.audio_allowed = audio_allowed
@@ -341,14 +345,15 @@ class FakeSession:
     async def client_error(self, error):
         self.errors.append(error.code)
 
-    async def keypad(self, digit):
-        self.keys.append(digit)
+    async def typed_text(self, text, reply=None):
+        assert reply is not None, "a phone call has no typed turns: only keys, each with its reply"
+        self.typed.append((text, reply))
 
-    async def hang_up(self, reason):
-        self.hung_up.append(reason)
+    def ending(self, reason):
+        self.ending_reasons.append(reason)
 
-    async def typed_text(self, _text):
-        raise AssertionError("a phone call has no typed turns")
+    async def stop(self, reason):
+        self.stopped.append(reason)
 
     def audio_sent(self, _nbytes) -> bool:
         return self.audio_allowed
@@ -363,9 +368,9 @@ class FakeSession:
         return self.position
 
 
-async def phone_wire(session: FakeSession):
+async def phone_wire(session: FakeSession, dtmf_replies: dict[str, str] | None = None):
     socket = FakeSocket()
-    wire = TwilioWire(socket, StreamStart(streamSid="MZ1", callSid="CA1"))
+    wire = TwilioWire(socket, StreamStart(streamSid="MZ1", callSid="CA1"), dtmf_replies)
     serializer = wire.serializer(session)
     await serializer.setup(SimpleNamespace(audio_in_sample_rate=16000))  # as the transport does
     return wire, serializer, socket
@@ -401,9 +406,10 @@ async def test_bad_messages_are_reported_and_the_call_goes_on():
     assert isinstance(frame, InputAudioRawFrame), "audio after the bad messages still gets through"
 
 
+@pytest.mark.looptime  # the hang-up grace, on a virtual clock
 async def test_keys_marks_and_stop_reach_the_session():
     session = FakeSession()
-    wire, serializer, _socket = await phone_wire(session)
+    wire, serializer, _socket = await phone_wire(session, {"*": "Back to the menu."})
     session.position = (2, 0.0)
     mark = json.loads(
         await serializer.serialize(
@@ -411,15 +417,21 @@ async def test_keys_marks_and_stop_reach_the_session():
         )
     )
     await serializer.deserialize(json.dumps({"event": "dtmf", "dtmf": {"digit": "*"}}))
+    await serializer.deserialize(json.dumps({"event": "dtmf", "dtmf": {"digit": "5"}}))  # no reply set
     await serializer.deserialize(json.dumps({"event": "mark", "mark": mark["mark"]}))
     await serializer.deserialize(json.dumps({"event": "stop", "stop": {"callSid": "CA1"}}))
     after_stop = await serializer.deserialize(media(b"\x7f" * 160))
 
     assert mark["event"] == "mark" and mark["streamSid"] == "MZ1"
-    assert session.keys == ["*"]
+    assert session.typed == [(KEYPAD_TURN_TEXT.format(digit="*"), "Back to the menu.")], (
+        "a key with a reply is a turn answered with it; a key without one changes nothing"
+    )
     assert session.played == [(2, 0.0)], "the mark's echo says the caller has heard the answer up to it"
-    assert len(session.hung_up) == 1 and "stop" in session.hung_up[0]
+    assert session.ending_reasons == [EndReason.HUNG_UP], "the reason is known before the socket closes"
     assert after_stop is None
+    assert session.stopped == [], "the far end's close of the socket ends the session first, if it comes"
+    await asyncio.sleep(HANG_UP_CLOSE_GRACE_S + 0.1)
+    assert session.stopped == [EndReason.HUNG_UP], "and if it does not, the session stops anyway"
 
 
 async def test_the_agents_voice_goes_out_as_8khz_mu_law_media_on_the_stream():
@@ -503,12 +515,18 @@ class FakeWorker:
 
 def fake_session(**settings) -> tuple[Session, FakeWorker, FakeSocket]:
     socket = FakeSocket()
-    wire = TwilioWire(socket, StreamStart(streamSid="MZ1", callSid="CA1"))
+    config = Settings(**settings)
+    wire = TwilioWire(socket, StreamStart(streamSid="MZ1", callSid="CA1"), config.dtmf_replies)
     engines = SimpleNamespace(tts=SimpleNamespace(sample_rate=22050))
-    session = Session(wire, engines, Settings(**settings))
+    session = Session(wire, engines, config)
     worker = FakeWorker(session)
     session._pipeline = ConversationPipeline(
-        worker, transport=None, context=SimpleNamespace(get_messages=lambda: []), knowledge=None, prefill=None
+        worker,
+        transport=None,
+        context=SimpleNamespace(get_messages=lambda: []),
+        knowledge=None,
+        prefill=None,
+        flow=session.flow,
     )
     return session, worker, socket
 
@@ -522,15 +540,19 @@ def test_telephone_audio_is_heard_with_the_wider_beam():
 
 
 async def settle(session: Session) -> None:
-    while session._typed_tasks:
-        await asyncio.sleep(0.01)
+    await session._pipeline.typed_turns_settled()
 
 
-@pytest.mark.looptime  # the session's waits (the hang-up grace) on a virtual clock
+async def press(session: Session, digit: str) -> None:
+    """A key pressed on the phone, through the wire's serializer, until its turn is queued."""
+    serializer = session.wire.serializer(session)
+    await serializer.deserialize(json.dumps({"event": "dtmf", "dtmf": {"digit": digit}}))
+    await settle(session)
+
+
 async def test_a_key_with_a_reply_is_a_turn_answered_with_that_reply_not_by_the_llm():
     session, worker, _socket = fake_session()
-    await session.keypad("*")
-    await settle(session)
+    await press(session, "*")
     (appended,) = [f for f in worker.queued if isinstance(f, LLMMessagesAppendFrame)]
     text = appended.messages[0]["content"]
     assert text == KEYPAD_TURN_TEXT.format(digit="*")
@@ -540,31 +562,23 @@ async def test_a_key_with_a_reply_is_a_turn_answered_with_that_reply_not_by_the_
     assert session.tracer.current.typed, "a key press has no speech to time"
 
 
-@pytest.mark.looptime  # the session's waits (the hang-up grace) on a virtual clock
 async def test_a_key_cuts_off_the_agent_and_the_caller_stops_hearing_it():
     session, worker, socket = fake_session(dtmf_replies={"0": "Transferring you."})
     session.flow.turn_ended("What time do you open?")  # the agent is mid-answer, and heard
     session.flow.audio_sent()
-    await session.keypad("0")
-    await settle(session)
+    await press(session, "0")
     assert isinstance(worker.queued[0], InterruptionWorkerFrame)
     assert isinstance(worker.queued[1], LLMMessagesAppendFrame)
     assert [m["event"] for m in socket.sent] == ["clear"]
 
 
-@pytest.mark.looptime  # the session's waits (the hang-up grace) on a virtual clock
-async def test_a_key_without_a_reply_changes_nothing():
-    session, worker, _socket = fake_session(dtmf_replies={"0": "Transferring you."})
-    await session.keypad("5")
-    await settle(session)
-    assert worker.queued == []
-
-
-@pytest.mark.looptime  # the session's waits (the hang-up grace) on a virtual clock
+@pytest.mark.looptime  # the hang-up grace, on a virtual clock
 async def test_a_hang_up_stops_the_session_with_its_reason():
     session, worker, _socket = fake_session()
-    await session.hang_up("the caller hung up (Twilio sent stop)")
-    await session._stop_task
+    serializer = session.wire.serializer(session)
+    await serializer.deserialize(json.dumps({"event": "stop", "stop": {"callSid": "CA1"}}))
+    assert session.end_reason == EndReason.HUNG_UP and not worker.cancelled
+    await asyncio.sleep(HANG_UP_CLOSE_GRACE_S + 0.1)
     assert worker.cancelled and session.end_reason == EndReason.HUNG_UP
 
 

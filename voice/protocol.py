@@ -156,6 +156,15 @@ class ErrorEvent(BaseModel):
     message: str
 
 
+def stage_failed(error: str) -> ErrorEvent:
+    """A stage of the pipeline failed this turn (an unreachable LLM, a TTS error); the session goes on."""
+    return ErrorEvent(
+        code="stage_failed",
+        message=f"The agent could not answer this turn ({error}). Try again; if it persists, "
+        "check the server log (and PARLEY_LLM_BASE_URL for a remote LLM).",
+    )
+
+
 ServerEvent = (
     SessionReady
     | UserSpeechStarted

@@ -20,9 +20,9 @@ from voice import protocol
 from voice.catalogue import ModelError
 from voice.config import Settings
 from voice.engines import Engines, ModelPaths, load_engines, resolve_models
-from voice.observability.metrics import Metrics
+from voice.observability.metrics import EndReason, Metrics
 from voice.observability.otel import SpanRecorder, make_exporter
-from voice.session import EndReason, Session
+from voice.session import Session
 from voice.transports import twilio_webhook
 from voice.transports.twilio import TwilioWire, await_stream_start
 from voice.transports.websocket import ParleyWire
@@ -231,7 +231,7 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
                     await websocket.close(code=protocol.WS_CLOSE_POLICY, reason="bad_stream_token")
                 return
             if start is not None:
-                await _converse(TwilioWire(websocket, start))
+                await _converse(TwilioWire(websocket, start, settings.dtmf_replies))
 
     @app.get("/phone", include_in_schema=False)
     async def phone_page():

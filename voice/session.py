@@ -15,44 +15,24 @@ import logging
 import time
 import uuid
 
-from pipecat.frames.frames import InterruptionWorkerFrame, LLMMessagesAppendFrame, LLMRunFrame
-from pipecat.workers.runner import WorkerRunner
+from pipecat.frames.frames import InterruptionWorkerFrame, LLMRunFrame
 from pydantic import BaseModel
 
-from agents.context import RESUME_PREFIX, is_resume_request, merge_continued_turn, record_heard_answer
+from agents.context import RESUME_PREFIX, is_resume_request
 from voice import protocol
 from voice.config import Settings
 from voice.conversation import Interruption, TurnFlow
 from voice.echo import EchoGuard
 from voice.engines import Engines
-from voice.observability.metrics import Metrics
-from voice.observability.tracing import Moment, TurnTracer
-from voice.pipeline import ConversationPipeline, build_pipeline
+from voice.observability.metrics import EndReason, Metrics
+from voice.observability.tracing import Moment, TurnRecord, TurnTracer
+from voice.pipeline import INTERRUPT_SETTLE_TIMEOUT_S, ConversationPipeline, build_pipeline
 from voice.playback import PlaybackLedger
 from voice.transports.wire import Wire
 
 log = logging.getLogger(__name__)
 
 NS_PER_S = 1_000_000_000
-# How long a typed turn waits for the interruption of the previous answer to pass through the
-# pipeline (it takes a few ms; the bound only guards against a stuck stage).
-INTERRUPT_SETTLE_TIMEOUT_S = 1.0
-# After a phone caller's `stop`, how long the far end's own close of the socket may take before
-# the session stops anyway: it comes within milliseconds; a second is ample.
-HANG_UP_CLOSE_GRACE_S = 1.0
-# What a keypad press puts in the history as the user's turn: the LLM then knows, on later turns,
-# that the caller pressed a key and what the agent said to it.
-KEYPAD_TURN_TEXT = "(pressed {digit} on the keypad)"
-
-
-class EndReason:
-    """Why a session ended: in the log and in `parley_sessions_ended_total{reason}`."""
-
-    HUNG_UP = "hung_up"  # the phone caller hung up (Twilio's `stop`)
-    DISCONNECTED = "disconnected"  # the socket closed or dropped
-    CLIENT_ERROR = "client_error"  # a client mistake the session cannot go on after (a 1 MiB message)
-    STOPPED = "stopped"  # the server stopped the session (shutting down)
-    FAILED = "failed"  # a bug: the server log has the traceback
 
 
 class Session:
@@ -71,8 +51,6 @@ class Session:
         self.output_sample_rate: int = engines.tts.sample_rate
         self._metrics = metrics
         self._pipeline: ConversationPipeline | None = None
-        self._typed_tasks: set[asyncio.Task] = set()
-        self._stop_task: asyncio.Task | None = None
 
     @property
     def turn_id(self) -> int:
@@ -84,40 +62,18 @@ class Session:
             self._metrics.error(event.code)
         await self.wire.send(event)
 
-    async def _queue(self, frame) -> None:
-        await self._pipeline.worker.queue_frame(frame)
-
     # --- running -------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run until the client leaves or the session is stopped."""
         self._pipeline = build_pipeline(self)
-        worker = self._pipeline.worker
-
-        @worker.event_handler("on_pipeline_started")
-        async def _ready(_worker, _frame):
-            # Only now does every stage (the VAD above all) take audio: a client that starts
-            # talking the moment it hears "ready" must not lose its first word.
-            await self.send(
-                protocol.SessionReady(session_id=self.id, output_sample_rate=self.output_sample_rate)
-            )
-
-        @self._pipeline.transport.event_handler("on_client_disconnected")
-        async def _gone(_transport, _ws):
-            log.info("session %s: client disconnected", self.id)
-            await self.stop(EndReason.DISCONNECTED)
-
-        runner = WorkerRunner(handle_sigint=False)
-        await runner.add_workers(worker)
         try:
-            await runner.run()
+            await self._pipeline.run(on_ready=self._ready, on_gone=self._gone)
         except Exception:
-            self.end_reason = self.end_reason or EndReason.FAILED
+            self.ending(EndReason.FAILED)
             raise
         finally:
-            if self._pipeline.prefill is not None:
-                await self._pipeline.prefill.close()
-            self.end_reason = self.end_reason or EndReason.STOPPED
+            self.ending(EndReason.STOPPED)
             log.info(
                 "session %s (%s): ended after %d turns: %s",
                 self.id,
@@ -126,13 +82,20 @@ class Session:
                 self.end_reason,
             )
 
+    async def _ready(self) -> None:
+        # Only now does every stage (the VAD above all) take audio: a client that starts talking
+        # the moment it hears "ready" must not lose its first word.
+        await self.send(protocol.SessionReady(session_id=self.id, output_sample_rate=self.output_sample_rate))
+
+    async def _gone(self) -> None:
+        log.info("session %s: client disconnected", self.id)
+        await self.stop(EndReason.DISCONNECTED)
+
     async def stop(self, reason: str = EndReason.STOPPED) -> None:
-        self.end_reason = self.end_reason or reason
+        self.ending(reason)
         self.flow.end()
-        for task in list(self._typed_tasks):
-            task.cancel()
-        if self._pipeline is not None and not self._pipeline.worker.has_finished():
-            await self._pipeline.worker.cancel()
+        if self._pipeline is not None:
+            await self._pipeline.stop()
 
     # --- what the wire tells the session (WireHooks) -------------------------------------------
 
@@ -144,48 +107,10 @@ class Session:
             await self.stop(EndReason.CLIENT_ERROR)
 
     async def typed_text(self, text: str, reply: str | None = None) -> None:
-        """A typed turn, handed off so the transport's receive loop keeps reading audio."""
-        task = asyncio.create_task(self._typed_turn(text, reply))
-        self._typed_tasks.add(task)
-        task.add_done_callback(self._typed_tasks.discard)
+        self._pipeline.typed_turn(text, reply)
 
-    async def _typed_turn(self, text: str, reply: str | None) -> None:
-        """Interrupts the agent like speech would, then goes straight to the agent (or, with a
-        `reply`, to that reply)."""
-        if self.flow.typed_turn(text, reply):
-            # The interruption travels the pipeline on its own; the new turn must start after it,
-            # or it would be the one cancelled.
-            await self._queue(InterruptionWorkerFrame())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.flow.interruption_passed.wait(), INTERRUPT_SETTLE_TIMEOUT_S)
-        await self._queue(LLMMessagesAppendFrame(messages=[{"role": "user", "content": text}], run_llm=True))
-
-    async def keypad(self, digit: str) -> None:
-        """A key the caller pressed: its configured reply is spoken without the LLM, cutting the
-        agent off if it is talking. A key with no reply is only logged."""
-        reply = self.settings.dtmf_replies.get(digit)
-        if reply is None:
-            log.info(
-                "session %s: caller pressed %s; no reply is set for it (PARLEY_DTMF_REPLIES)", self.id, digit
-            )
-            return
-        log.info("session %s: caller pressed %s", self.id, digit)
-        await self.typed_text(KEYPAD_TURN_TEXT.format(digit=digit), reply)
-
-    async def hang_up(self, reason: str) -> None:
-        """The far end ended the call. Stopped from a task of its own: this is called from the
-        transport's receive loop, which stopping the session cancels."""
-        log.info("session %s: %s", self.id, reason)
-        self.end_reason = self.end_reason or EndReason.HUNG_UP  # now: the socket closes right after
-        if self._stop_task is None:
-            self._stop_task = asyncio.create_task(self._stop_after_hang_up())
-
-    async def _stop_after_hang_up(self) -> None:
-        # Twilio (and the simulator) close the socket right after `stop`, and that close ends the
-        # session through the transport. Stopping at once raced it: pipecat then closed a socket
-        # the far end was closing too, and logged an error for a normal hang-up.
-        await asyncio.sleep(HANG_UP_CLOSE_GRACE_S)
-        await self.stop(EndReason.HUNG_UP)
+    def ending(self, reason: str) -> None:
+        self.end_reason = self.end_reason or reason
 
     def audio_sent(self, nbytes: int) -> bool:
         if not self.flow.audio_sent():
@@ -230,10 +155,7 @@ class Session:
 
     async def user_speech_stopped(self, stop_secs: float) -> None:
         self.flow.user_stopped()
-        now = self.tracer.now_ns()
-        self.tracer.mark_pending(Moment.VAD_STOPPED, now)
-        # The VAD speaks after stop_secs of silence; the user really stopped that long ago.
-        self.tracer.mark_pending(Moment.USER_STOPPED, now - int(stop_secs * NS_PER_S))
+        self.tracer.speech_stopped(stop_secs)
         await self.send(protocol.UserSpeechStopped())
 
     async def turn_ended(self, text: str) -> str | None:
@@ -242,25 +164,18 @@ class Session:
         if end.after_cut_off:
             await self._settle_cut_off()
         if end.repeat:
-            self.playback.new_answer(self.turn_id)
-            self.tracer.start_turn(self.turn_id, typed=True)  # the speech was timed the first time
+            self._open_answer(typed=True)  # the speech was timed the first time
             return None
-        merged = None
-        if end.continues is not None:
-            # The user resumed before hearing anything: the same turn, the whole question.
-            merged = merge_continued_turn(self._pipeline.context.get_messages(), end.continues)
-            if merged is not None:
-                self._pipeline.knowledge.forget_last()
-                text = merged
+        # The user resumed before hearing anything: the same turn, the whole question.
+        merged = self._pipeline.merge_continued(end.continues) if end.continues is not None else None
+        text = merged or text
         self.flow.number_turn(text, merged=merged is not None)
-        self.playback.new_answer(self.turn_id)
-        record = self.tracer.start_turn(self.turn_id, typed=end.typed)
-        record.text_chars = len(text)
+        self._open_answer(typed=end.typed).text_chars = len(text)
         await self.send(protocol.UserTranscript(turn_id=self.turn_id, text=text))
         if self.flow.user_speaking and not end.typed:
             # The pause ran out just as the user started again: their interruption went by before
             # this turn did, so cancel its answer now; the turn continues with what they say next.
-            await self._queue(InterruptionWorkerFrame())
+            await self._pipeline.queue(InterruptionWorkerFrame())
             return None
         if (reply := self.flow.answer.reply) is not None:
             return reply  # a keypad press: the deployment's reply, as it is
@@ -271,13 +186,17 @@ class Session:
             return f"{RESUME_PREFIX} {self.flow.take_unsaid()}"
         return None
 
+    def _open_answer(self, typed: bool) -> TurnRecord:
+        self.playback.new_answer(self.turn_id)
+        return self.tracer.start_turn(self.turn_id, typed=typed)
+
     async def _settle_cut_off(self) -> None:
         """The turn before was cut off: its history is corrected to what the user heard."""
         # A barge-in's turn can end moments after it began: let the interruption pass the
         # assistant history first, or its version of the cut-off answer would land after this.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.flow.history_settled.wait(), INTERRUPT_SETTLE_TIMEOUT_S)
-        record_heard_answer(self._pipeline.context.get_messages(), self.playback.heard_text())
+        self._pipeline.record_heard(self.playback.heard_text())
         self.flow.cut_off_settled(self.playback.unheard_text())
 
     async def turn_settled(self, text: str) -> None:
@@ -285,11 +204,11 @@ class Session:
         prompt (nothing is said or stored until the turn really ends)."""
         # Not after a cut-off answer: turn_ended rewrites the history to what was heard, so the
         # prompt prefilled now would not be the one sent.
-        if self._pipeline.prefill is not None and not self.flow.answering and not self.flow.history_pending:
-            await self._pipeline.knowledge.speculate(self._pipeline.context.get_messages(), text)
+        if not self.flow.answering and not self.flow.history_pending:
+            await self._pipeline.speculate(text)
 
     async def speech_resumed(self) -> None:
-        await self._pipeline.knowledge.cancel_speculation()
+        await self._pipeline.cancel_speculation()
 
     async def nothing_heard(self) -> None:
         """The user's sound had no words (a cough, a door). If it cut off an answer nobody had
@@ -299,19 +218,14 @@ class Session:
         log.info(
             "session %s: noise interrupted an unheard answer; answering turn %d again", self.id, self.turn_id
         )
-        await self._queue(LLMRunFrame())
+        await self._pipeline.queue(LLMRunFrame())
 
     async def interrupted(self) -> None:
         # pipecat interrupts at every turn start; only an answer the user was hearing is cut off (one
         # nobody heard yet means the user is continuing their turn).
         if self.flow.interrupted() is not Interruption.CUT_OFF:
             return
-        record = self.tracer.current
-        if record is not None:
-            record.interrupted = True
-            if (hold := self.flow.answer.barge_in) is not None:
-                self.tracer.mark(Moment.BARGE_IN_ONSET, hold.onset_ns)
-                self.tracer.mark(Moment.BARGE_IN_LAST_AUDIO, hold.last_audio_ns)
+        self.tracer.cut_off(self.flow.answer.barge_in)
         self.playback.stop()
         if self.echo_guard is not None:
             self.echo_guard.reset()  # the client drops the audio it held: that echo will never come
@@ -330,13 +244,7 @@ class Session:
 
     async def stage_failed(self, error: str) -> None:
         log.error("session %s turn %d: a stage failed: %s", self.id, self.turn_id, error)
-        await self.send(
-            protocol.ErrorEvent(
-                code="stage_failed",
-                message=f"The agent could not answer this turn ({error}). Try again; if it persists, "
-                "check the server log (and PARLEY_LLM_BASE_URL for a remote LLM).",
-            )
-        )
+        await self.send(protocol.stage_failed(error))
 
     async def _send_trace(self) -> None:
         record = self.tracer.current

@@ -1,5 +1,13 @@
-"""Small pipeline stages that turn what happens in the pipeline into protocol events and trace
-moments. They watch frames and pass every frame on unchanged.
+"""What watches the pipeline's frames: small stages that turn what happens into protocol events
+and trace moments (they pass every frame on unchanged), and an observer for what needs no place
+in the pipeline.
+
+A watcher is a stage only where its place matters: after the user aggregator (a turn is handed to
+the agent there, and a prepared reply can stand in for the LLM), before the output transport (a
+sentence's text goes out just before its audio), after it (the audio before a frame has been
+sent), and last (an interruption has passed the history). The LLM's moments need no place: pipecat
+tells `AnswerTimingObserver` of each frame as it is pushed, stamped on the pipeline's clock, which
+is the session's (`SessionClock`). The STT and TTS stages stamp their own work's moments.
 
 Every stage reaches the session one way: what it *saw* goes to the session's `TurnHooks` (the
 session does what it means: events to the client, frames, the history); where the conversation
@@ -8,8 +16,10 @@ session does what it means: events to the client, frames, the history); where th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
+from pipecat.clocks.base_clock import BaseClock
 from pipecat.frames.frames import (
     AggregatedTextFrame,
     ErrorFrame,
@@ -25,10 +35,11 @@ from pipecat.frames.frames import (
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
+from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voice import protocol
-from voice.conversation import TurnFlow
+from voice.conversation import Answer, TurnFlow
 from voice.observability.tracing import Moment, TurnTracer
 from voice.playback import PlaybackLedger
 
@@ -104,29 +115,49 @@ class UserTurnWatcher(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
-class LLMWatcher(FrameProcessor):
-    """Between the LLM and TTS: stamps the first token and the end of the stream."""
+class SessionClock(BaseClock):
+    """The pipeline's clock, reading the session's: the time pipecat stamps on each frame it tells
+    an observer of is then on the tracer's clock (pipecat's own clock counts from the start)."""
 
-    def __init__(self, tracer: TurnTracer, flow: TurnFlow, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, now_ns: Callable[[], int]):
+        self._now_ns = now_ns
+
+    def get_time(self) -> int:
+        return self._now_ns()
+
+    def start(self) -> None:
+        pass  # the session's clock is already running
+
+
+class AnswerTimingObserver(BaseObserver):
+    """Stamps the answer's first token and the end of its stream, at the moment the LLM (or a
+    prepared reply) pushed them."""
+
+    def __init__(self, tracer: TurnTracer, flow: TurnFlow):
+        super().__init__(observe_every_push=False)  # a frame's moment is when it is first pushed
         self._tracer = tracer
         self._flow = flow
+        self._answer: Answer | None = None  # the answer the stream being pushed belongs to
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
-        await super().process_frame(frame, direction)
+    async def on_push_frame(self, data: FramePushed) -> None:
+        frame = data.frame
+        if data.direction != FrameDirection.DOWNSTREAM:
+            return
         if isinstance(frame, LLMFullResponseStartFrame):
-            self._flow.answer_started()
-        elif isinstance(frame, LLMTextFrame) and frame.text.strip() and self._flow.response_in_progress:
-            self._tracer.mark(Moment.LLM_FIRST_TOKEN)
-        elif isinstance(frame, LLMFullResponseEndFrame) and self._flow.response_in_progress:
-            # The end of a cancelled answer can arrive after the next turn began: not this turn's.
-            self._tracer.mark(Moment.LLM_END)
-        await self.push_frame(frame, direction)
+            # A stream that starts after a cancel, before the next turn ends, belongs to no answer.
+            self._answer = self._flow.answer if self._flow.answering else None
+        elif self._answer is None or self._answer is not self._flow.answer:
+            return  # the tail of a cancelled answer, pushed after the next turn began: not this turn's
+        elif isinstance(frame, LLMTextFrame) and frame.text.strip():
+            self._tracer.mark(Moment.LLM_FIRST_TOKEN, data.timestamp)
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            self._tracer.mark(Moment.LLM_END, data.timestamp)
 
 
 class SpokenTextEmitter(FrameProcessor):
-    """Before the output transport: each sentence about to be spoken becomes an `agent.text` event,
-    and the playback ledger learns each sentence with the audio it takes.
+    """Before the output transport: the answer starts here (for the flow), each sentence about to
+    be spoken becomes an `agent.text` event, and the playback ledger learns each sentence with the
+    audio it takes.
 
     The event is queued with the audio (not urgent), so it reaches the client just before the
     sentence's audio, and it is dropped with that audio when the user interrupts.
@@ -142,7 +173,11 @@ class SpokenTextEmitter(FrameProcessor):
         await self.push_frame(frame, direction)
         if direction != FrameDirection.DOWNSTREAM:
             return
-        if isinstance(frame, TTSAudioRawFrame):
+        if isinstance(frame, LLMFullResponseStartFrame):
+            # Here, not where the LLM pushes it: the audio of a cancelled answer still between the
+            # LLM and this stage then cannot count as the new answer's.
+            self._flow.answer_started()
+        elif isinstance(frame, TTSAudioRawFrame):
             if self._flow.response_in_progress:
                 self._ledger.queue_audio(len(frame.audio))
         elif (

@@ -16,6 +16,17 @@ from voice.observability.tracing import STAGES, TurnRecord
 
 log = logging.getLogger(__name__)
 
+
+class EndReason:
+    """Why a session ended: in the log and in `parley_sessions_ended_total{reason}`."""
+
+    HUNG_UP = "hung_up"  # the phone caller hung up (Twilio's `stop`)
+    DISCONNECTED = "disconnected"  # the socket closed or dropped
+    CLIENT_ERROR = "client_error"  # a client mistake the session cannot go on after (a 1 MiB message)
+    STOPPED = "stopped"  # the server stopped the session (shutting down)
+    FAILED = "failed"  # a bug: the server log has the traceback
+
+
 # Seconds. Dense from 50 ms to 2 s, where the stages of a turn live on CPU and GPU alike, with a
 # tail to 10 s so a stalled stage still lands in a bucket of its own.
 LATENCY_BUCKETS_S = (
@@ -90,7 +101,7 @@ class Metrics:
         )
         self.sessions_ended = Counter(
             "parley_sessions_ended_total",
-            "Conversations ended, by why (voice/session.py EndReason: hung_up, disconnected, ...).",
+            "Conversations ended, by why (EndReason: hung_up, disconnected, ...).",
             ["reason"],
             registry=self.registry,
         )

@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
 NS_PER_MS = 1_000_000
+NS_PER_S = 1_000_000_000
 
 
 class Moment:
@@ -56,6 +58,13 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 
+class BargeIn(Protocol):
+    """The user's sound that paused the agent, then cut it off (voice/conversation.py's `Hold`)."""
+
+    onset_ns: int  # when the sound began
+    last_audio_ns: int  # when the agent's audio last went out before it paused
+
+
 @dataclass
 class TurnRecord:
     """The moments of one turn, in nanoseconds on the session clock."""
@@ -92,6 +101,13 @@ class TurnTracer:
         if overwrite or moment not in self._pending:
             self._pending[moment] = self._now_ns() if at_ns is None else at_ns
 
+    def speech_stopped(self, silence_secs: float) -> None:
+        """The VAD says the user stopped, after `silence_secs` of silence: they really stopped
+        that long ago."""
+        now = self._now_ns()
+        self.mark_pending(Moment.VAD_STOPPED, now)
+        self.mark_pending(Moment.USER_STOPPED, now - int(silence_secs * NS_PER_S))
+
     def start_turn(self, turn_id: int, typed: bool = False) -> TurnRecord:
         """A turn ended on the user's side: open its record with the pending speech moments."""
         record = TurnRecord(turn_id=turn_id, typed=typed)
@@ -110,3 +126,13 @@ class TurnTracer:
         """Stamp a moment of the current turn (ignored when there is none)."""
         if self.current is not None and moment not in self.current.moments:
             self.current.moments[moment] = self._now_ns() if at_ns is None else at_ns
+
+    def cut_off(self, barge_in: BargeIn | None) -> None:
+        """The user cut the current turn's answer off, with the sound that held it first (None: no
+        hold came first)."""
+        if self.current is None:
+            return
+        self.current.interrupted = True
+        if barge_in is not None:
+            self.mark(Moment.BARGE_IN_ONSET, barge_in.onset_ns)
+            self.mark(Moment.BARGE_IN_LAST_AUDIO, barge_in.last_audio_ns)

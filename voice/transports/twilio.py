@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from voice import protocol
 from voice.audio import PIPELINE_SAMPLE_RATE
 from voice.config import DTMF_KEYS
+from voice.observability.metrics import EndReason
 from voice.protocol import ProtocolError
 from voice.transports.narrowband import LowDelayResampler
 from voice.transports.wire import AudioPath, Wire, WireHooks, receive_before
@@ -53,6 +54,12 @@ STREAM_START_TIMEOUT_S = 10.0
 # Twilio's media messages hold 20 ms (160 bytes); 8 s of μ-law in one would only add latency.
 MAX_MEDIA_PAYLOAD_BYTES = 64 * 1024
 EVENTS = ("connected", "start", "media", "dtmf", "mark", "stop")
+# What a keypad press puts in the history as the user's turn: the LLM then knows, on later turns,
+# that the caller pressed a key and what the agent said to it.
+KEYPAD_TURN_TEXT = "(pressed {digit} on the keypad)"
+# After the caller's `stop`, how long the far end's own close of the socket may take before the
+# session stops anyway: it comes within milliseconds; a second is ample.
+HANG_UP_CLOSE_GRACE_S = 1.0
 
 
 # --- Twilio → Parley
@@ -231,7 +238,13 @@ class TwilioWireSerializer(TwilioFrameSerializer):
     """pipecat's Twilio serializer for the audio, with each message checked and the session told
     of keys, marks and the end of the call. Never raises: a bad message must not end the call."""
 
-    def __init__(self, start: StreamStart, hooks: WireHooks, marks: MarkBook):
+    def __init__(
+        self,
+        start: StreamStart,
+        hooks: WireHooks,
+        marks: MarkBook,
+        dtmf_replies: dict[str, str] | None = None,
+    ):
         super().__init__(
             start.stream_sid,
             call_sid=start.call_sid or None,
@@ -248,7 +261,9 @@ class TwilioWireSerializer(TwilioFrameSerializer):
         self.stream_sid = start.stream_sid
         self._hooks = hooks
         self._marks = marks
+        self._dtmf_replies = dtmf_replies or {}
         self._stopped = False
+        self._stop_task: asyncio.Task | None = None
         self._audio_path = AudioPath(hooks)
 
     async def serialize(self, frame: Frame) -> str | bytes | None:
@@ -279,13 +294,15 @@ class TwilioWireSerializer(TwilioFrameSerializer):
                     raise ProtocolError(
                         "invalid_message", f"dtmf: {message.dtmf.digit!r} is not a keypad key."
                     )
-                await self._hooks.keypad(message.dtmf.digit)
+                await self._keypad(message.dtmf.digit)
             elif isinstance(message, Mark):
                 if (heard := self._marks.echoed(message.mark.name)) is not None:
                     self._hooks.playback_reported(*heard)
             elif isinstance(message, Stop):
                 self._stopped = True
-                await self._hooks.hang_up("the caller hung up (Twilio sent stop)")
+                log.info("stream %s: the caller hung up (Twilio sent stop)", self.stream_sid)
+                self._hooks.ending(EndReason.HUNG_UP)  # now: the socket closes right after
+                self._stop_task = asyncio.create_task(self._stop_after_hang_up())
             elif isinstance(message, Start):
                 raise ProtocolError("already_started", "A second start on one stream was ignored.")
             return None  # `connected` again says nothing new
@@ -298,6 +315,29 @@ class TwilioWireSerializer(TwilioFrameSerializer):
                 ProtocolError("internal", "That message could not be handled (server bug, logged).")
             )
             return None
+
+    async def _keypad(self, digit: str) -> None:
+        """A key the caller pressed: its configured reply is spoken without the LLM, cutting the
+        agent off if it is talking. A key with no reply is only logged."""
+        reply = self._dtmf_replies.get(digit)
+        if reply is None:
+            log.info(
+                "stream %s: caller pressed %s; no reply is set for it (PARLEY_DTMF_REPLIES)",
+                self.stream_sid,
+                digit,
+            )
+            return
+        log.info("stream %s: caller pressed %s", self.stream_sid, digit)
+        await self._hooks.typed_text(KEYPAD_TURN_TEXT.format(digit=digit), reply)
+
+    async def _stop_after_hang_up(self) -> None:
+        """Stops the session from a task of its own: this serializer runs in the transport's
+        receive loop, which stopping the session cancels."""
+        # Twilio (and the simulator) close the socket right after `stop`, and that close ends the
+        # session through the transport. Stopping at once raced it: pipecat then closed a socket
+        # the far end was closing too, and logged an error for a normal hang-up.
+        await asyncio.sleep(HANG_UP_CLOSE_GRACE_S)
+        await self._hooks.stop(EndReason.HUNG_UP)
 
     async def _media(self, message: Media) -> InputAudioRawFrame | None:
         if message.media.track != "inbound":
@@ -324,15 +364,16 @@ class TwilioWire(Wire):
     kind = "phone"
     input_sample_rate = TWILIO_SAMPLE_RATE
 
-    def __init__(self, websocket: WebSocket, start: StreamStart):
+    def __init__(self, websocket: WebSocket, start: StreamStart, dtmf_replies: dict[str, str] | None = None):
         super().__init__(websocket)
         self.start = start
+        self._dtmf_replies = dtmf_replies  # key → what the agent says to it (Settings.dtmf_replies)
         self._marks = MarkBook()
         self._hooks: WireHooks | None = None
 
     def serializer(self, hooks: WireHooks) -> TwilioWireSerializer:
         self._hooks = hooks
-        return TwilioWireSerializer(self.start, hooks, self._marks)
+        return TwilioWireSerializer(self.start, hooks, self._marks, self._dtmf_replies)
 
     async def send(self, event: BaseModel) -> None:
         sid = self.start.stream_sid

@@ -50,14 +50,15 @@ class WireHooks(Protocol):
     async def client_error(self, error: ProtocolError) -> None:
         """A client mistake: logged, counted, and sent back where the wire can."""
 
-    async def typed_text(self, text: str) -> None:
-        """A typed user turn (/ws)."""
+    async def typed_text(self, text: str, reply: str | None = None) -> None:
+        """A typed user turn (/ws), or a key the caller pressed (phone) with the `reply` set for it
+        (said instead of asking the LLM)."""
 
-    async def keypad(self, digit: str) -> None:
-        """A DTMF digit the caller pressed (phone)."""
+    def ending(self, reason: str) -> None:
+        """The session is about to end, for this reason (the first one given wins)."""
 
-    async def hang_up(self, reason: str) -> None:
-        """The far end ended the call, with why (phone)."""
+    async def stop(self, reason: str) -> None:
+        """End the session now."""
 
     def audio_sent(self, nbytes: int) -> bool:
         """Asked just before each chunk of the agent's audio goes out; False drops it."""
