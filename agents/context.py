@@ -29,6 +29,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from agents.rag.retrieve import Hit, Retriever, format_context
 from agents.replies import knowledge_reply
 from agents.speculation import PREFILL_WAIT_S, Speculation, same_words
+from voice.observability.cpu import run_in_stage
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class KnowledgeContextProcessor(FrameProcessor):
 
     async def _run_speculation(self, spec: Speculation, history: list[dict]) -> None:
         try:
-            spec.hits = await asyncio.to_thread(self._evidence, spec.question, history)
+            spec.hits = await run_in_stage("rag", self._evidence, spec.question, history)
         except Exception:  # noqa: BLE001 - the real turn retrieves again
             log.exception("speculative retrieval failed")
             return
@@ -252,7 +253,7 @@ class KnowledgeContextProcessor(FrameProcessor):
             hits = spec.hits
         else:
             try:
-                hits = await asyncio.to_thread(self._evidence, content, messages[:-1])
+                hits = await run_in_stage("rag", self._evidence, content, messages[:-1])
             except Exception:  # noqa: BLE001 - an answer without facts beats no answer
                 log.exception("retrieval failed; answering without facts")
                 hits = []

@@ -21,6 +21,12 @@ EMBEDDED_MODEL_NAME = "parley-embedded"  # llama.cpp ignores the name; it shows 
 # message (llama.cpp prefills ~160 tokens/s on 2 cores: a 250-token history costs ~1.5 s to redo).
 SLOT_PROMPT_SIMILARITY = 0.1
 LOAD_TIMEOUT_S = 120  # a 0.5 GB GGUF loads in ~2 s here; a big one from a slow disk may take a while
+# llama.cpp's /metrics answers from memory on loopback within milliseconds; past this it is stuck,
+# and the CPU figures go without the prefill/decode split rather than hold up a scrape.
+METRICS_TIMEOUT_S = 1.0
+# Its counters of the time spent reading prompts (prefill) and writing tokens (decode).
+PREFILL_SECONDS_METRIC = "llamacpp:prompt_seconds_total"
+DECODE_SECONDS_METRIC = "llamacpp:tokens_predicted_seconds_total"
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,31 @@ class EmbeddedLLM:
         self._server = server  # keeps the native server alive
         self.endpoint = endpoint
         self.gguf = gguf
+
+    def phase_seconds(self) -> tuple[float, float] | None:
+        """Seconds llama.cpp has spent prefilling prompts and decoding tokens since it started
+        (from its own /metrics), or None when it does not say. Blocking (loopback, milliseconds)."""
+        import httpx
+
+        base = self.endpoint.base_url.removesuffix("/v1")
+        try:
+            response = httpx.get(
+                f"{base}/metrics",
+                headers={"Authorization": f"Bearer {self.endpoint.api_key}"},
+                timeout=METRICS_TIMEOUT_S,
+            )
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            log.debug("llama.cpp /metrics unavailable: %s", exc)
+            return None
+        values = {}
+        for line in response.text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in (PREFILL_SECONDS_METRIC, DECODE_SECONDS_METRIC):
+                values[name] = float(value)
+        if len(values) < 2:
+            return None
+        return values[PREFILL_SECONDS_METRIC], values[DECODE_SECONDS_METRIC]
 
     @classmethod
     def start(
@@ -70,6 +101,7 @@ class EmbeddedLLM:
         params.cpuparams_batch.n_threads = threads
         params.port = 0  # any free loopback port
         params.cache_prompt = True
+        params.endpoint_metrics = True  # its prefill and decode time, for the CPU figures
         params.slot_prompt_similarity = SLOT_PROMPT_SIMILARITY
         if gpu_layers is None:
             gpu_layers = 999 if _has_gpu(xllamacpp) else 0

@@ -35,7 +35,11 @@ Per conversation, the pipeline a stock bot builds:
 - Transport: pipecat's `FastAPIWebsocketTransport` with its default real-time pacing of output
   audio (40 ms chunks), and a small serializer for Parley's wire format.
 
-What is not stock, and why: RTVI is off (the client does not speak it, so its ~100 messages a
+What is not stock, and why: CPU is counted by stage as in Parley (voice/observability/cpu.py,
+served on `/metrics` as `parley_cpu_seconds_total{stage}`): the LLM starts on threads named for
+it, each conversation's Whisper and Piper are built on threads named for theirs and are called
+there (`StageCalls`, through a pool as wide as the callers, so no caller waits for another), and
+Silero counts its own time; pipecat's Smart Turn, on a thread of its own, counts as `other`. RTVI is off (the client does not speak it, so its ~100 messages a
 conversation would be work thrown away); the per-conversation services are constructed off the
 event loop (a stock bot constructs them on it, which freezes every other conversation's audio
 for the ~1 s the models take to load: that would measure the test harness, not pipecat); and
@@ -64,13 +68,15 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from fastapi import FastAPI, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 if TYPE_CHECKING:
@@ -131,6 +137,32 @@ def knowledge_prompt(folder: Path) -> str:
     return f"{INSTRUCTION}\n\n{FACTS_HEADER}\n\n{facts}"
 
 
+class StageCalls:
+    """A model object whose calls run on a stage's named threads (their CPU is then the stage's):
+    `transcribe` whole (its segments decoded there) and `synthesize` item by item (streamed as
+    before). Everything else is the object's own."""
+
+    def __init__(self, target, pool: ThreadPoolExecutor):
+        self._target = target
+        self._pool = pool
+
+    def __getattr__(self, name: str):
+        return getattr(self._target, name)
+
+    def transcribe(self, *args, **kwargs):
+        def whole():
+            segments, info = self._target.transcribe(*args, **kwargs)
+            return list(segments), info
+
+        segments, info = self._pool.submit(whole).result()
+        return iter(segments), info
+
+    def synthesize(self, *args, **kwargs):
+        items = self._pool.submit(lambda: iter(self._target.synthesize(*args, **kwargs))).result()
+        while (item := self._pool.submit(next, items, None).result()) is not None:
+            yield item
+
+
 @dataclass
 class Shared:
     """What every conversation shares: model locations, the LLM process, the system prompt."""
@@ -143,6 +175,9 @@ class Shared:
     output_rate: int
     llm: EmbeddedLLM
     system_instruction: str
+    # Each conversation's Whisper and Piper work on these (StageCalls); one thread per caller.
+    stt_pool: ThreadPoolExecutor
+    tts_pool: ThreadPoolExecutor
 
     def describe(self) -> dict[str, str]:
         """Models by name, as Parley's /health names them: a report must not carry this machine's
@@ -163,6 +198,7 @@ def load_shared(device_choice: str, prime_slots_n: int | None = None) -> Shared:
     from agents.llm import EmbeddedLLM
     from voice.config import Settings
     from voice.engines import resolve_models
+    from voice.observability.cpu import run_in_stage_blocking, stage_executor
 
     settings = Settings()  # Parley's defaults (and PARLEY_* overrides): the same models and LLM setup
     paths = resolve_models(settings)
@@ -173,7 +209,9 @@ def load_shared(device_choice: str, prime_slots_n: int | None = None) -> Shared:
     device, compute_type = resolve_device(device_choice)
     voice_config = json.loads(Path(f"{paths.tts}.json").read_text())
     system_instruction = knowledge_prompt(settings.knowledge_dir)
-    llm = EmbeddedLLM.start(
+    llm = run_in_stage_blocking(
+        "llm",
+        EmbeddedLLM.start,
         paths.llm_gguf,
         settings.llm_threads,
         settings.llm_context_tokens,
@@ -198,6 +236,8 @@ def load_shared(device_choice: str, prime_slots_n: int | None = None) -> Shared:
         output_rate=int(voice_config["audio"]["sample_rate"]),
         llm=llm,
         system_instruction=system_instruction,
+        stt_pool=stage_executor("stt", settings.max_sessions),
+        tts_pool=stage_executor("tts", settings.max_sessions),
     )
 
 
@@ -385,7 +425,6 @@ class BaselineSession:
     def _services(self):
         """The services a stock bot constructs per connection. Each loads its own models
         (Whisper, the Piper voice, Silero, Smart Turn) in its constructor: blocking."""
-        from pipecat.audio.vad.silero import SileroVADAnalyzer
         from pipecat.processors.aggregators.llm_context import LLMContext
         from pipecat.processors.aggregators.llm_response_universal import (
             LLMContextAggregatorPair,
@@ -394,20 +433,31 @@ class BaselineSession:
         from pipecat.services.piper.tts import PiperTTSService
         from pipecat.services.whisper.stt import WhisperSTTService
 
+        from voice.turntaking.vad import CountedSileroVAD
+
         s = self._shared
-        stt = WhisperSTTService(
-            device=s.device,
-            compute_type=s.compute_type,
-            settings=WhisperSTTService.Settings(model=s.stt_model),
-        )
-        tts = PiperTTSService(
-            download_dir=s.voice.parent,  # the voice file is already there: nothing is downloaded
-            use_cuda=s.device == "cuda",  # as Parley: Piper on the GPU when Whisper is
-            settings=PiperTTSService.Settings(voice=s.voice.stem),
-        )
+        # Built on their stages' threads, so the native threads each model starts bear the
+        # stage's name; then called there (StageCalls), for the CPU figures.
+        stt = s.stt_pool.submit(
+            lambda: WhisperSTTService(
+                device=s.device,
+                compute_type=s.compute_type,
+                settings=WhisperSTTService.Settings(model=s.stt_model),
+            )
+        ).result()
+        tts = s.tts_pool.submit(
+            lambda: PiperTTSService(
+                download_dir=s.voice.parent,  # the voice file is already there: nothing is downloaded
+                use_cuda=s.device == "cuda",  # as Parley: Piper on the GPU when Whisper is
+                settings=PiperTTSService.Settings(voice=s.voice.stem),
+            )
+        ).result()
+        stt._model = StageCalls(stt._model, s.stt_pool)
+        tts._voice = StageCalls(tts._voice, s.tts_pool)
         user, assistant = LLMContextAggregatorPair(
             LLMContext(),
-            user_params=LLMUserAggregatorParams(vad_analyzer=SileroVADAnalyzer()),
+            # Silero as pipecat makes it, counting its own CPU time (voice/turntaking/vad.py).
+            user_params=LLMUserAggregatorParams(vad_analyzer=CountedSileroVAD()),
         )
         return stt, tts, user, assistant
 
@@ -502,6 +552,20 @@ def create_app(host: str, port: int, device: str, prime_slots_n: int | None = No
         loader.cancel()
 
     app = FastAPI(title="Parley baseline (stock pipecat)", lifespan=lifespan)
+
+    from voice.observability.cpu import cpu_by_stage
+    from voice.observability.metrics import Metrics
+
+    def _cpu() -> dict[str, float]:
+        shared = state["shared"]
+        return cpu_by_stage(shared.llm.phase_seconds() if shared is not None else None)
+
+    metrics = Metrics(cpu=_cpu)
+
+    @app.get("/metrics")
+    async def metrics_text():
+        """CPU seconds by stage, counted as Parley counts them (for the benchmark)."""
+        return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     async def health():

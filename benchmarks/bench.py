@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.baseline_server import start_baseline, stop_baseline  # noqa: E402
-from benchmarks.report import PARLEY, headline_table, summarize, write_report  # noqa: E402
+from benchmarks.report import PARLEY, cpu_table, headline_table, summarize, write_report  # noqa: E402
 from benchmarks.turn_latency import QUESTIONS, memory, states_fact  # noqa: E402
 from clients.talk import talk  # noqa: E402
 from tests.conftest import speak, start_server, stop_server  # noqa: E402
@@ -96,12 +96,34 @@ def plan(levels: list[int], turns: int) -> dict[int, list[list[dict]]]:
     return plans
 
 
+CPU_METRIC = "parley_cpu_seconds_total"
+
+
+def http_base(ws_url: str) -> str:
+    return ws_url.replace("ws://", "http://").replace("wss://", "https://").rsplit("/ws", 1)[0]
+
+
+def cpu_seconds(ws_url: str) -> dict[str, float] | None:
+    """The server's CPU seconds by stage so far (its /metrics), or None when it does not say."""
+    try:
+        text = httpx.get(f"{http_base(ws_url)}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(CPU_METRIC + '{stage="'):
+            labels, _, value = line.rpartition(" ")
+            out[labels.split('"')[1]] = float(value)
+    return out or None
+
+
 class Bench:
     def __init__(self, urls: dict[str, str], audio: dict[str, bytes], progress):
         self.urls = urls
         self.audio = audio
         self.progress = progress
         self.turns: list[dict] = []
+        self.cpu: list[dict] = []  # report.LevelCPU, one per system and level
 
     async def turn(self, system: str, question: dict, concurrency: int, caller: int, warmup: bool) -> None:
         row = {
@@ -157,7 +179,13 @@ class Bench:
 
     async def level(self, system: str, callers: list[list[dict]]) -> None:
         c = len(callers)
+        before = await asyncio.to_thread(cpu_seconds, self.urls[system])
         await asyncio.gather(*(self.caller(system, qs, c, k) for k, qs in enumerate(callers)))
+        after = await asyncio.to_thread(cpu_seconds, self.urls[system])
+        if before is not None and after is not None:
+            spent = {stage: round(after[stage] - before.get(stage, 0.0), 3) for stage in after}
+            turns = sum(len(qs) for qs in callers)
+            self.cpu.append({"system": system, "concurrency": c, "turns": turns, "cpu_s": spent})
 
 
 def machine(health: dict[str, dict], device: str) -> dict:
@@ -219,9 +247,8 @@ def start_servers(args, env: dict[str, str], log_dir: Path) -> tuple[dict[str, s
 
 
 def health_of(ws_url: str) -> dict:
-    http = ws_url.replace("ws://", "http://").replace("wss://", "https://").rsplit("/ws", 1)[0]
     try:
-        return httpx.get(f"{http}/health", timeout=5).json()
+        return httpx.get(f"{http_base(ws_url)}/health", timeout=5).json()
     except (httpx.HTTPError, ValueError):
         return {}
 
@@ -241,6 +268,9 @@ def readme_block(summary: dict) -> str:
     if summary.get("biggest_stage"):
         big = summary["biggest_stage"]
         lines.append(f"Parley's biggest stage with one caller: `{big['stage']}`, p50 {big['p50']:.0f} ms.")
+    if cpu := cpu_table(summary):
+        lines.append("CPU seconds per turn, by stage (voice/observability/cpu.py says how each is counted):")
+        lines.append(cpu)
     return "\n\n".join(lines)
 
 
@@ -266,7 +296,7 @@ def rerun_command(args) -> str:
     return shlex.join(parts)
 
 
-async def run_bench(args, urls: dict[str, str]) -> list[dict]:
+async def run_bench(args, urls: dict[str, str]) -> tuple[list[dict], list[dict]]:
     from tqdm import tqdm
 
     plans = plan(args.concurrency, args.turns)
@@ -282,7 +312,7 @@ async def run_bench(args, urls: dict[str, str]) -> list[dict]:
         for callers in plans.values():
             for system in systems:
                 await bench.level(system, callers)
-    return bench.turns
+    return bench.turns, bench.cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     mem = None
     try:
         health = {system: health_of(url) for system, url in urls.items()}
-        turns = asyncio.run(run_bench(args, urls))
+        turns, cpu = asyncio.run(run_bench(args, urls))
         parley_server = next((s for stop, s in stops if stop is stop_server), None)
         if parley_server is not None:
             try:
@@ -343,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "memory": mem,
         "turns": turns,
+        "cpu": cpu,
     }
     folder = write_report(results, args.out)
     summary = summarize(results)

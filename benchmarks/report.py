@@ -68,6 +68,16 @@ class Turn(TypedDict):
     stages_ms: dict[str, float | None]
 
 
+class LevelCPU(TypedDict):
+    """The CPU a server spent on one concurrency level: its `parley_cpu_seconds_total{stage}`
+    (voice/observability/cpu.py) after the level minus before it."""
+
+    system: str
+    concurrency: int
+    turns: int  # the turns of the level (every conversation holds one)
+    cpu_s: dict[str, float]  # stage → CPU seconds over the whole level
+
+
 class Results(TypedDict):
     started_at: str  # ISO 8601, e.g. "2026-11-29T10:00:00Z"; names the report folder
     duration_s: float
@@ -75,6 +85,7 @@ class Results(TypedDict):
     machine: Machine
     config: dict  # free-form settings of the run, kept as given in results.json
     turns: list[Turn]
+    cpu: NotRequired[list[LevelCPU]]  # absent when the servers could not be asked
     summary: NotRequired[dict]  # only in a results.json this module wrote; recomputed
 
 
@@ -111,12 +122,20 @@ class BiggestStage(TypedDict):
     p50: float
 
 
+class TurnCPU(TypedDict):
+    system: str
+    concurrency: int
+    per_turn_s: dict[str, float]  # stage → CPU seconds per turn, rounded to CPU_DECIMALS
+    total_s: float  # every stage's, per turn
+
+
 class Summary(TypedDict):
     percentile_method: str
     warmup_turns_excluded: int
     groups: list[Group]  # ordered by concurrency, then system (SYSTEM_ORDER)
     ratios: list[Ratio]  # one per concurrency level
     biggest_stage: BiggestStage | None  # Parley's largest stage p50 at BIGGEST_STAGE_CONCURRENCY
+    cpu: list[TurnCPU]  # ordered as the groups; [] when not measured
 
 
 # --- constants ---------------------------------------------------------------------------------
@@ -155,6 +174,9 @@ PERCENTILE_METHOD = (
     "type 7): p50 is the ordinary median"
 )
 
+# voice/observability/cpu.py's stages, in pipeline order, as the CPU table shows them.
+CPU_STAGES = ("stt", "vad", "turn", "rag", "llm_prefill", "llm_decode", "tts", "pipeline", "other")
+CPU_DECIMALS = 3  # milliseconds of CPU: the kernel counts in 10 ms ticks, over several turns
 PLOT_DPI = 120  # sharp enough to read in a browser, small enough to commit
 STAGE_COLORS = matplotlib.colormaps["tab10"].colors  # one fixed color per stage, in STAGES order
 SYSTEM_COLORMAPS = {PARLEY: "Blues", BASELINE: "Oranges"}  # darker = more callers
@@ -281,6 +303,25 @@ def biggest_stage(groups: list[Group]) -> BiggestStage | None:
     return {"concurrency": BIGGEST_STAGE_CONCURRENCY, "stage": stage, "p50": medians[stage]}
 
 
+def cpu_per_turn(results: Results) -> list[TurnCPU]:
+    """Each level's CPU by stage, divided by its turns."""
+    rows = []
+    for level in sorted(results.get("cpu") or [], key=lambda r: (r["concurrency"], system_key(r["system"]))):
+        if not level["turns"]:
+            continue
+        per_turn = {s: round(level["cpu_s"].get(s, 0.0) / level["turns"], CPU_DECIMALS) for s in CPU_STAGES}
+        total = round(sum(level["cpu_s"].values()) / level["turns"], CPU_DECIMALS)
+        rows.append(
+            {
+                "system": level["system"],
+                "concurrency": level["concurrency"],
+                "per_turn_s": per_turn,
+                "total_s": total,
+            }
+        )
+    return rows
+
+
 def summarize(results: Results) -> Summary:
     """The figures of the report, computed from the measured (non-warm-up) turns."""
     by_group = grouped(measured(results))
@@ -293,6 +334,7 @@ def summarize(results: Results) -> Summary:
         "groups": groups,
         "ratios": ratios(groups),
         "biggest_stage": biggest_stage(groups),
+        "cpu": cpu_per_turn(results),
     }
 
 
@@ -337,6 +379,35 @@ def headline_table(summary: Summary) -> str:
     ]
     header = ("system", "callers", "p50 v2v (ms)", "p95 v2v (ms)", "right answers", "no answer")
     return table(header, rows)
+
+
+def cpu_table(summary: Summary) -> str:
+    """CPU seconds per turn by stage, per system and level (Markdown, for the README too)."""
+    if not summary.get("cpu"):
+        return ""
+    rows = [
+        (
+            r["system"],
+            r["concurrency"],
+            *(f"{r['per_turn_s'][s]:.2f}" for s in CPU_STAGES),
+            f"{r['total_s']:.2f}",
+        )
+        for r in summary["cpu"]
+    ]
+    return table(("system", "callers", *CPU_STAGES, "total"), rows)
+
+
+def cpu_section(summary: Summary) -> str:
+    if not summary.get("cpu"):
+        return "## CPU per turn\n\nNot measured (a server did not answer `/metrics`)."
+    return (
+        "## CPU per turn, by stage (seconds)\n\n"
+        "Each server's `parley_cpu_seconds_total{stage}` after a level minus before it, over the level's "
+        "turns: everything the server did while those calls lasted, set up and silence included. "
+        "Stages are counted by the threads that did the work (voice/observability/cpu.py); the "
+        "baseline's Smart Turn counts in `other`, and both systems' LLM split into prefill and decode "
+        "by llama.cpp's own time in each.\n\n" + cpu_table(summary)
+    )
 
 
 def machine_section(machine: Machine) -> str:
@@ -463,6 +534,7 @@ def markdown(results: Results, summary: Summary) -> str:
         figures_section(),
         *(group_section(g) for g in summary["groups"]),
         ratio_section(summary),
+        cpu_section(summary),
         biggest_stage_line(summary),
         plots_section(concurrencies),
     ]

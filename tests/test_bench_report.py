@@ -77,6 +77,16 @@ def synthetic_results() -> dict:
         },
         "config": {"questions": 12},
         "turns": turns,
+        # Parley's 1-caller level: 6 turns; the baseline's: 5. Seconds over the whole level.
+        "cpu": [
+            {"system": "baseline", "concurrency": 1, "turns": 5, "cpu_s": {"stt": 10.0, "llm_decode": 5.0}},
+            {
+                "system": "parley",
+                "concurrency": 1,
+                "turns": 6,
+                "cpu_s": {"stt": 3.0, "vad": 0.6, "other": 0.3},
+            },
+        ],
     }
 
 
@@ -218,3 +228,20 @@ def test_a_saved_results_json_rebuilds_the_same_report(written: Path, tmp_path: 
 
 def test_stage_names_match_the_server_trace():
     assert set(report.STAGES) | {report.SERVER_V2V} <= set(tracing.STAGES)
+
+
+def test_cpu_per_turn_is_each_levels_cpu_over_its_turns(written: Path, summary_md: str):
+    summary = json.loads((written / "results.json").read_text())["summary"]
+    parley, baseline = summary["cpu"]  # Parley first, as in every table
+    assert parley["system"] == "parley" and parley["per_turn_s"]["stt"] == 0.5
+    assert parley["per_turn_s"]["vad"] == 0.1 and parley["per_turn_s"]["tts"] == 0.0
+    assert parley["total_s"] == pytest.approx(0.65)
+    assert baseline["per_turn_s"]["stt"] == 2.0 and baseline["total_s"] == 3.0
+    assert "| parley | 1 | 0.50 | 0.10 |" in summary_md
+    assert "## CPU per turn, by stage (seconds)" in summary_md
+
+
+def test_cpu_stages_match_the_servers():
+    from voice.observability import cpu
+
+    assert report.CPU_STAGES == cpu.STAGES

@@ -75,6 +75,8 @@ def test_the_baseline_names_its_models_without_their_paths(tmp_path):
         output_rate=22050,
         llm=types.SimpleNamespace(gguf=gguf),
         system_instruction="",
+        stt_pool=None,
+        tts_pool=None,
     )
     described = shared.describe()
     assert str(tmp_path) not in " ".join(described.values())

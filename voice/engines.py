@@ -15,6 +15,7 @@ from agents.rag.questions import SHIPPED_CACHE, QuestionWriter
 from agents.rag.retrieve import Retriever, open_knowledge
 from voice import catalogue
 from voice.config import Settings
+from voice.observability.cpu import run_in_stage
 from voice.stt import WhisperEngine
 from voice.tts import PiperEngine, fetch_piper_voice
 from voice.turntaking.smart_turn import SmartTurnEngine
@@ -22,6 +23,8 @@ from voice.turntaking.smart_turn import SmartTurnEngine
 log = logging.getLogger(__name__)
 
 
+# role (as the error messages name it) → the stage whose threads load it and run it.
+LOADER_STAGES = {"STT": "stt", "TTS": "tts", "embedding": "rag", "LLM": "llm", "end-of-turn": "turn"}
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(?::[\w./-]+)?$")  # owner/repo, or owner/repo:file.gguf
 PIPER_VOICE_NAME = re.compile(r"^[a-z]{2,3}_[A-Z]{2}-[\w]+-(x_low|low|medium|high)$")  # en_US-lessac-medium
 
@@ -121,9 +124,10 @@ class Engines:
 
 
 async def _load(role: str, what: object, hint: str, fn, *args):
-    """Run a blocking loader in a thread; a failure names the model and what to do."""
+    """Run a blocking loader on its stage's threads (voice/observability/cpu.py: the native threads
+    the model starts count as that stage's CPU); a failure names the model and what to do."""
     try:
-        return await asyncio.to_thread(fn, *args)
+        return await run_in_stage(LOADER_STAGES[role], fn, *args)
     except catalogue.ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one clear message
@@ -179,8 +183,8 @@ async def load_engines(settings: Settings, paths: ModelPaths) -> Engines:
     settings.home.mkdir(parents=True, exist_ok=True)
     writer = question_writer(settings, endpoint, model_name(paths.llm_gguf) if embedded else endpoint.model)
     try:
-        retriever = await asyncio.to_thread(
-            open_knowledge, Path(settings.knowledge_dir), settings.knowledge_db(), embedder, writer
+        retriever = await run_in_stage(
+            "rag", open_knowledge, Path(settings.knowledge_dir), settings.knowledge_db(), embedder, writer
         )
     finally:
         if writer is not None:

@@ -20,6 +20,7 @@ from voice import protocol
 from voice.catalogue import ModelError
 from voice.config import Settings
 from voice.engines import Engines, ModelPaths, load_engines, resolve_models
+from voice.observability.cpu import cpu_by_stage
 from voice.observability.metrics import EndReason, Metrics
 from voice.observability.otel import SpanRecorder, make_exporter
 from voice.session import Session
@@ -38,7 +39,7 @@ MAX_WEBHOOK_BODY_BYTES = 64 * 1024  # Twilio's call webhook is ~1 KiB of form fi
 @dataclass
 class ServerState:
     settings: Settings
-    metrics: Metrics
+    metrics: Metrics = field(default_factory=Metrics)
     engines: Engines | None = None
     load_error: str | None = None
     sessions: dict[str, Session] = field(default_factory=dict)
@@ -50,7 +51,13 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
     settings = settings or Settings()
     exporter = make_exporter(settings.otel_exporter)
     spans = SpanRecorder(exporter) if exporter is not None else None
-    state = ServerState(settings, metrics=Metrics(settings.trace_log, spans))
+    state = ServerState(settings)
+
+    def _cpu() -> dict[str, float]:
+        embedded = getattr(state.engines, "embedded_llm", None)  # None: loading, or a remote LLM
+        return cpu_by_stage(embedded.phase_seconds() if embedded is not None else None)
+
+    state.metrics = Metrics(settings.trace_log, spans, cpu=_cpu)
     if not settings.twilio_auth_token.get_secret_value():
         log.warning(
             "PARLEY_TWILIO_AUTH_TOKEN is not set: POST %s answers anyone, not only Twilio. Set it to your "
@@ -95,7 +102,8 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
 
     @app.get("/metrics")
     async def metrics():
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        # Off the event loop: the CPU figures ask llama.cpp for its own (loopback HTTP).
+        return Response(await asyncio.to_thread(state.metrics.render), media_type=CONTENT_TYPE_LATEST)
 
     def _refusal() -> tuple[str, str] | None:
         """Why a new conversation cannot start now (code, message), or None."""

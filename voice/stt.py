@@ -23,6 +23,7 @@ from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.utils.time import time_now_iso8601
 
 from voice.audio import PIPELINE_SAMPLE_RATE, pcm16_to_float
+from voice.observability.cpu import run_in_stage
 from voice.observability.tracing import Moment, TurnTracer
 from voice.turntaking.end_of_turn import SpeechSegmentDoneFrame
 from voice.turntaking.smart_turn import TURN_CONTEXT_S, SmartTurnEngine
@@ -165,7 +166,7 @@ class WhisperEngine:
 
     async def transcribe(self, pcm: bytes, beam_size: int | None = None) -> Transcript:
         """Transcribe 16 kHz s16le bytes off the event loop."""
-        return await asyncio.to_thread(self.transcribe_pcm16, pcm, beam_size)
+        return await run_in_stage("stt", self.transcribe_pcm16, pcm, beam_size)
 
 
 # --- the pipeline stage -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from pipecat.services.tts_service import TTSService
 from pipecat.utils.text.base_text_aggregator import Aggregation, TextType
 from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 
+from voice.observability.cpu import run_in_stage
 from voice.observability.tracing import Moment, TurnTracer
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ class PiperTTSStage(TTSService):
             finally:
                 loop.call_soon_threadsafe(chunks.put_nowait, None)
 
-        worker = asyncio.ensure_future(asyncio.to_thread(work))
+        worker = asyncio.ensure_future(run_in_stage("tts", work))
         try:
             while (item := await chunks.get()) is not None:
                 if isinstance(item, BaseException):

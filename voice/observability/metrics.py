@@ -7,9 +7,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from voice.observability.otel import SpanRecorder
 from voice.observability.tracing import STAGES, TurnRecord
@@ -55,8 +57,15 @@ MS_PER_S = 1000.0
 class Metrics:
     """One registry per server (tests start several in one process)."""
 
-    def __init__(self, trace_log: Path | None = None, spans: SpanRecorder | None = None):
+    def __init__(
+        self,
+        trace_log: Path | None = None,
+        spans: SpanRecorder | None = None,
+        cpu: Callable[[], dict[str, float]] | None = None,
+    ):
         self.registry = CollectorRegistry()
+        if cpu is not None:
+            self.registry.register(_CPUCollector(cpu))
         self.spans = spans
         self.stage_seconds = Histogram(
             "parley_stage_seconds",
@@ -159,3 +168,21 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CPUCollector:
+    """`parley_cpu_seconds_total{stage}`, read from the threads' counters at each scrape
+    (voice/observability/cpu.py)."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]):
+        self._read = read
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "parley_cpu_seconds",
+            "CPU seconds this process has spent, by stage (voice/observability/cpu.py says how each is counted).",
+            labels=["stage"],
+        )
+        for stage, seconds in self._read().items():
+            family.add_metric([stage], seconds)
+        yield family

@@ -8,7 +8,6 @@ parallel with Whisper.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -18,6 +17,7 @@ import numpy as np
 from pipecat.frames.frames import DataFrame
 
 from voice.audio import pcm16_to_float
+from voice.observability.cpu import run_in_stage
 
 log = logging.getLogger(__name__)
 
@@ -68,5 +68,5 @@ class SmartTurnEngine:
         return float(result["probability"])
 
     async def judge(self, pcm16k: bytes) -> TurnCompletionFrame:
-        probability = await asyncio.to_thread(self.complete_probability, pcm16k)
+        probability = await run_in_stage("turn", self.complete_probability, pcm16k)
         return TurnCompletionFrame(complete=probability > COMPLETE_PROBABILITY, probability=probability)

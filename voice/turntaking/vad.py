@@ -5,6 +5,8 @@ from __future__ import annotations
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 
+from voice.observability.cpu import VAD, ThreadCPU
+
 # Silero's speech probability above which a 32 ms frame counts as speech (pipecat's default,
 # measured to ignore room noise while catching soft onsets).
 VAD_CONFIDENCE = 0.7
@@ -12,9 +14,18 @@ VAD_CONFIDENCE = 0.7
 VAD_MIN_VOLUME = 0.6
 
 
+class CountedSileroVAD(SileroVADAnalyzer):
+    """Silero, counting the CPU of each frame's model run as the VAD's: it runs on a thread pipecat
+    starts per session (and stops with it), on one ONNX Runtime thread, the calling one."""
+
+    def voice_confidence(self, buffer) -> float:
+        with ThreadCPU(VAD):
+            return super().voice_confidence(buffer)
+
+
 def make_vad(start_secs: float, stop_secs: float) -> SileroVADAnalyzer:
     """One analyzer per session: Silero keeps per-stream state (cheap: ~2 MB, ~90 ms to create)."""
-    return SileroVADAnalyzer(
+    return CountedSileroVAD(
         params=VADParams(
             confidence=VAD_CONFIDENCE, start_secs=start_secs, stop_secs=stop_secs, min_volume=VAD_MIN_VOLUME
         )
