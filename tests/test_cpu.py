@@ -94,13 +94,14 @@ def test_the_event_loops_thread_is_the_pipelines_and_the_stages_add_up_to_the_pr
     assert sum(after.values()) == pytest.approx(time.process_time(), abs=0.1)
 
 
-def test_the_llms_cpu_is_split_by_llama_cpps_own_prefill_and_decode_time():
-    whole = cpu.cpu_by_stage()
-    split = cpu.cpu_by_stage(llm_phases=(1.0, 3.0))
-    llm = whole[cpu.LLM_PREFILL] + whole[cpu.LLM_DECODE]
-    assert whole[cpu.LLM_PREFILL] == 0.0, "without llama.cpp's figures, it all counts as decode"
-    assert split[cpu.LLM_PREFILL] == pytest.approx(0.25 * llm, abs=0.02)
-    assert split[cpu.LLM_PREFILL] + split[cpu.LLM_DECODE] == pytest.approx(llm, abs=0.02)
+def test_the_llms_cpu_is_split_by_llama_cpps_own_prefill_and_decode_time_reading_by_reading():
+    split = cpu.LLMSplit()
+    assert split.update(4.0, (1.0, 3.0)) == (1.0, 3.0), "a quarter of its time prefilling"
+    # Then a stretch of pure prefill: that stretch's CPU is all prefill, and neither count shrinks
+    # (splitting the running totals by the running shares would take decode back down).
+    prefill, decode = split.update(8.0, (5.0, 3.0))
+    assert (prefill, decode) == (5.0, 3.0)
+    assert split.update(8.5, None) == (5.0, 3.5), "without llama.cpp's figures, decode"
 
 
 def test_metrics_expose_cpu_seconds_by_stage():

@@ -138,10 +138,42 @@ def _thread_cpu() -> list[tuple[int, str, float]]:
     return threads
 
 
-def cpu_by_stage(llm_phases: tuple[float, float] | None = None) -> dict[str, float]:
+class LLMSplit:
+    """Splits the LLM threads' CPU into prefill and decode reading by reading: what they spent
+    since the last reading goes by llama.cpp's own time in each since then, so both counts only
+    grow. (Without its figures, or while it did neither, it counts as decode.)"""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._cpu = 0.0
+        self._phases = (0.0, 0.0)
+        self.prefill = 0.0
+        self.decode = 0.0
+
+    def update(self, llm_cpu: float, phases: tuple[float, float] | None) -> tuple[float, float]:
+        with self._lock:
+            spent = max(0.0, llm_cpu - self._cpu)
+            self._cpu = max(self._cpu, llm_cpu)
+            prefill_s = decode_s = 0.0
+            if phases is not None:
+                prefill_s = max(0.0, phases[0] - self._phases[0])
+                decode_s = max(0.0, phases[1] - self._phases[1])
+                self._phases = phases
+            share = prefill_s / (prefill_s + decode_s) if prefill_s + decode_s > 0 else 0.0
+            self.prefill += spent * share
+            self.decode += spent * (1.0 - share)
+            return self.prefill, self.decode
+
+
+_llm_split = LLMSplit()
+
+
+def cpu_by_stage(
+    llm_phases: tuple[float, float] | None = None, split: LLMSplit | None = None
+) -> dict[str, float]:
     """CPU seconds this process has spent, by stage, since it started; they add up to its total.
-    `llm_phases`: llama.cpp's own seconds reading prompts and writing tokens, to split the LLM's
-    CPU by (without them, it all counts as decode)."""
+    `llm_phases`: llama.cpp's own seconds reading prompts and writing tokens so far, to split the
+    LLM's CPU by (`split` keeps that split from one reading to the next)."""
     total = time.process_time()
     threads: dict[str, float] = dict.fromkeys((*THREAD_NAMES, VAD, PIPELINE), 0.0)
     by_name = {name: stage for stage, name in THREAD_NAMES.items()}
@@ -154,12 +186,9 @@ def cpu_by_stage(llm_phases: tuple[float, float] | None = None) -> dict[str, flo
     with _counted_lock:
         for stage, seconds in _counted.items():
             threads[stage] += seconds
-    llm = threads.pop("llm")
-    prefill_s, decode_s = llm_phases or (0.0, 1.0)
-    prefill_share = prefill_s / (prefill_s + decode_s) if prefill_s + decode_s > 0 else 0.0
+    prefill, decode = (split or _llm_split).update(threads.pop("llm"), llm_phases)
     stages = dict.fromkeys(STAGES, 0.0)
     stages.update(threads)
-    stages[LLM_PREFILL] = llm * prefill_share
-    stages[LLM_DECODE] = llm - stages[LLM_PREFILL]
+    stages[LLM_PREFILL], stages[LLM_DECODE] = prefill, decode
     stages[OTHER] = max(0.0, total - sum(stages.values()))
     return stages
