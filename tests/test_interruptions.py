@@ -16,6 +16,7 @@ from pipecat.frames.frames import (
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.tests.utils import run_test
+from pipecat.turns.user_turn_controller import UserTurnController
 from pipecat.utils.asyncio.task_manager import TaskManager
 
 from agents.context import is_resume_request, record_heard_answer
@@ -25,6 +26,7 @@ from voice.playback import CUT_OFF_MARK, PlaybackLedger
 from voice.turntaking.barge_in import BargeInStrategy, InterruptionPolicy
 from voice.turntaking.end_of_turn import SpeechSegmentDoneFrame, WholeTurnStopStrategy
 from voice.turntaking.smart_turn import TurnCompletionFrame
+from voice.turntaking.user_turns import user_turn_params
 from voice.watchers import SpokenTextEmitter
 
 # Every sleep and timer here runs on the event loop's virtual clock (looptime): the strategies'
@@ -164,7 +166,7 @@ RESUME_S = 0.2
 
 
 class FakeSession:
-    """The barge-in strategy's side of the session's TurnHooks, over a real TurnFlow."""
+    """The turn strategies' side of the session's TurnHooks, over a real TurnFlow."""
 
     def __init__(self, audible: bool = True):
         self.flow = TurnFlow(lambda: 0)
@@ -181,6 +183,16 @@ class FakeSession:
 
     async def release_agent(self, reason: str) -> None:
         self.log.append(f"release: {reason}")
+
+    # The end-of-turn strategy's side.
+    async def speech_resumed(self) -> None:
+        self.log.append("speech resumed")
+
+    async def turn_settled(self, text: str) -> None:
+        self.log.append(f"settled: {text}")
+
+    async def nothing_heard(self) -> None:
+        self.log.append("nothing heard")
 
 
 async def strategy_with(floor: FakeSession) -> BargeInStrategy:
@@ -284,6 +296,7 @@ async def test_a_backchannel_that_comes_late_is_still_dropped():
 PAUSE_COMPLETE_S = 0.05
 PAUSE_INCOMPLETE_S = 0.4
 DEFAULT_PAUSE_S = 0.2
+WHISPER_QUEUE_S = 8.0  # what a segment waited for Whisper at four callers on 2 cores (bench, 2026-12-02)
 
 
 async def stop_strategy(stopped: list[str]) -> WholeTurnStopStrategy:
@@ -323,6 +336,42 @@ async def test_speech_that_sounds_finished_ends_the_turn_after_the_short_pause()
 async def test_speech_that_sounds_unfinished_waits_for_the_long_pause():
     assert await a_pause_judged(complete=False, wait_s=(DEFAULT_PAUSE_S + PAUSE_INCOMPLETE_S) / 2) == []
     assert await a_pause_judged(complete=False, wait_s=PAUSE_INCOMPLETE_S * 2) == ["turn ended"]
+
+
+async def test_a_transcript_that_waits_long_for_whisper_still_ends_the_turn_with_its_words():
+    """Four callers on 2 cores: a segment can wait seconds behind the others' in Whisper's queue.
+    The turn must end when its words arrive, with them, not at pipecat's own 5 s fallback with none."""
+    params = user_turn_params(
+        FakeSession(audible=False),
+        TurnFlow(lambda: 0),
+        vad_start_secs=0.1,
+        vad_stop_secs=0.2,
+        turn_pause_secs=DEFAULT_PAUSE_S,
+        policy=POLICY,
+        confirm_secs=CONFIRM_S,
+        resume_secs=RESUME_S,
+    )
+    controller = UserTurnController(
+        user_turn_strategies=params.user_turn_strategies, user_turn_stop_timeout=params.user_turn_stop_timeout
+    )
+    await controller.setup(SimpleNamespace(task_manager=TaskManager()))
+    stopped: list[object] = []
+
+    async def on_stopped(_controller, strategy, _params):
+        stopped.append(strategy)
+
+    controller.add_event_handler("on_user_turn_stopped", on_stopped)
+    await controller.start()
+    await controller.process_frame(VADUserStartedSpeakingFrame())
+    await controller.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await asyncio.sleep(WHISPER_QUEUE_S)  # the segment waits behind the other callers'
+    assert stopped == [], "no turn ends before its words are in"
+    await controller.process_frame(TurnCompletionFrame(complete=True))
+    await controller.process_frame(transcript("What time do you open on Saturday?"))
+    await controller.process_frame(SpeechSegmentDoneFrame(heard_words=True))
+    await asyncio.sleep(1.0)
+    await controller.cleanup()
+    assert len(stopped) == 1 and isinstance(stopped[0], WholeTurnStopStrategy), "ended by its words"
 
 
 def _flow(cut_off: bool) -> TurnFlow:

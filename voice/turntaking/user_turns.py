@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from voice.conversation import TurnFlow
     from voice.watchers import TurnHooks
 
+# pipecat ends a turn on its own when no stop strategy has for this long after the user went
+# quiet (its default: 5 s). WholeTurnStopStrategy always ends the turn once its segments are
+# transcribed, and with four callers on 2 cores a segment can wait more than 5 s for Whisper:
+# pipecat's early end came with no words, and the transcript that followed was never answered.
+# So this is only the guard against a transcription that never returns.
+TURN_STOP_FALLBACK_S = 30.0
+
 
 def user_turn_params(
     hooks: TurnHooks,
@@ -53,4 +60,5 @@ def user_turn_params(
             ],
         ),
         empty_user_turn=None,
+        user_turn_stop_timeout=TURN_STOP_FALLBACK_S,
     )
