@@ -1,12 +1,20 @@
-"""WhisperEngine's clean-up of what Whisper says, with a fake model (the real one is in the e2e tests)."""
+"""WhisperEngine's clean-up of what Whisper says and the window it encodes, with a fake model (the
+real one is in the e2e tests)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
-from voice.stt import WhisperEngine
+from voice.stt import (
+    FULL_WINDOW_FRAMES,
+    MIN_WINDOW_FRAMES,
+    WINDOW_MARGIN_FRAMES,
+    WhisperEngine,
+    short_window,
+)
 
 VOCABULARY = "Opening hours, Weekly hours, Services and prices, E-bike service, Rentals."
 
@@ -64,3 +72,37 @@ def test_a_beam_asked_for_one_call_is_used_for_every_decode_of_it():
     whisper.transcribe_samples(SOUND, beam_size=5)
     whisper.transcribe_samples(SOUND)
     assert beams == [5, 5, 1, 1], "the override for the call, then the engine's own"
+
+
+def padded_window(sounding_frames: int) -> np.ndarray:
+    """A mel window as faster-whisper pads it: sound (never exactly zero), then zeros to 30 s."""
+    window = np.zeros((80, FULL_WINDOW_FRAMES), dtype=np.float32)
+    window[:, :sounding_frames] = -0.5
+    return window
+
+
+@pytest.mark.parametrize(
+    ("sounding", "kept"),
+    [
+        (250, MIN_WINDOW_FRAMES),  # a 2.5 s question: the 6 s floor
+        (500, 500 + WINDOW_MARGIN_FRAMES),  # 5 s: the speech and 3 s of padding
+        (2900, FULL_WINDOW_FRAMES),  # nearly 30 s: never past Whisper's own window
+        (0, MIN_WINDOW_FRAMES),  # silence
+    ],
+)
+def test_the_short_window_is_the_speech_and_a_margin_of_the_padding(sounding: int, kept: int):
+    window = padded_window(sounding)
+    cut = short_window(window)
+    assert cut.shape == (80, kept)
+    assert np.array_equal(cut[:, : min(sounding, kept)], window[:, : min(sounding, kept)]), "speech kept"
+    assert short_window(window[None]).shape == (1, 80, kept), "a batch of one, as the encoder takes it"
+
+
+def test_telephone_audio_keeps_whisper_s_whole_window():
+    model = FakeWhisper(with_prompt=" Hello.", without_prompt=" Hello.")
+    whisper = engine(model)
+    whisper.short_window = True
+    whisper.transcribe_samples(SOUND)
+    assert model.short is True
+    whisper.transcribe_samples(SOUND, full_window=True)
+    assert model.short is False, "narrowband audio is encoded over the whole 30 s"

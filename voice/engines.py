@@ -150,6 +150,7 @@ async def load_engines(settings: Settings, paths: ModelPaths) -> Engines:
         settings.stt_beam_size,
         settings.stt_language,
         settings.stt_threads,
+        settings.stt_short_window,
     )
     voice = paths.tts
     if isinstance(voice, str):  # a voice name: piper fetches it into the cache folder (online users)

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from voice.session import Session
 
 # Audio at this rate or below carries only the telephone band (up to 4 kHz): Whisper needs a wider
-# beam to hear it well (Settings.stt_narrowband_beam_size).
+# beam to hear it well (Settings.stt_narrowband_beam_size), and its whole 30 s window.
 NARROWBAND_MAX_RATE = 8000
 # How long a typed turn waits for the interruption of the previous answer to pass through the
 # pipeline (it takes a few ms; the bound only guards against a stuck stage).
@@ -178,10 +178,20 @@ def build_pipeline(session: Session) -> ConversationPipeline:
         prefill=prefill,
     )
     beam = stt_beam_size(wire.input_sample_rate, s.stt_narrowband_beam_size)
+    narrowband = wire.input_sample_rate <= NARROWBAND_MAX_RATE
+    flow = session.flow
     pipeline = Pipeline(
         [
             transport.input(),
-            WhisperSTTStage(e.stt, tracer, e.turn, beam_size=beam),
+            WhisperSTTStage(
+                e.stt,
+                tracer,
+                e.turn,
+                beam_size=beam,
+                # Whisper's whole window for telephone audio, and for a sound over the agent's voice
+                # (an interruption, or its own echo?): voice/stt.py, WINDOW_MARGIN_FRAMES.
+                full_window=lambda: narrowband or flow.agent_audible,
+            ),
             user_turns,
             UserTurnWatcher(session),
             knowledge,

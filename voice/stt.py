@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,44 @@ LOOP_MAX_DISTINCT = 2
 _SOUND_LABEL = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*")
 
 
+# Whisper's encoder reads a 30 s window of 10 ms mel frames, padded with silence; faster-whisper
+# always pads to it, and encoding it costs ~0.9 s on 2 CPU cores whatever the speech's length.
+# CTranslate2 encodes a shorter window too: the speech, then this much of the padding, and at
+# least MIN_WINDOW_FRAMES. On the 24 spoken questions (espeak-ng, 16 kHz, 2 cores): WER 0.131 and
+# 229 ms p50 a transcription, against 0.136 and 1195 ms for the whole window. Less padding (1-2 s)
+# made Whisper loop ("uh uh uh ...") and lose whole questions; 8 kHz telephone audio lost words
+# even with 3 s (WER 0.43, whole window 0.30), so narrowband audio keeps the whole window. So does
+# a sound heard while the agent talks: with the short window the agent's own faint echo came out
+# as words ("The Wings,") and cut it off, once in five scripted calls (none with the whole one).
+WINDOW_MARGIN_FRAMES = 300  # 3 s
+MIN_WINDOW_FRAMES = 600  # 6 s
+FULL_WINDOW_FRAMES = 3000  # 30 s: Whisper's own
+
+
+def short_window(features: np.ndarray) -> np.ndarray:
+    """A padded mel window (faster-whisper's) cut to the speech plus WINDOW_MARGIN_FRAMES of the
+    padding. The padding is exact zeros; a frame of speech or room noise never is."""
+    frames = features if features.ndim == 2 else features[0]
+    sounding = np.flatnonzero(np.any(frames != 0, axis=0))
+    end = int(sounding[-1]) + 1 if len(sounding) else 0
+    keep = min(frames.shape[-1], max(end + WINDOW_MARGIN_FRAMES, MIN_WINDOW_FRAMES))
+    return features[..., :keep]
+
+
+def windowed_model_class():
+    """faster-whisper's WhisperModel, encoding a short window (`short_window`) while
+    `short` is set. Built on first use: faster-whisper is imported only when a model loads."""
+    from faster_whisper import WhisperModel
+
+    class WindowedWhisper(WhisperModel):
+        short = False  # set per call, under the engine's lock
+
+        def encode(self, features: np.ndarray):
+            return super().encode(short_window(features) if self.short else features)
+
+    return WindowedWhisper
+
+
 def max_tokens_for(audio_ms: float) -> int:
     return MIN_MAX_TOKENS + int(MAX_TOKENS_PER_AUDIO_S * audio_ms / 1000)
 
@@ -79,8 +118,18 @@ class Transcript:
 class WhisperEngine:
     """A loaded faster-whisper model; `transcribe` is thread-safe."""
 
-    def __init__(self, model, name: str, device: str, compute_type: str, beam_size: int, language: str):
+    def __init__(
+        self,
+        model,
+        name: str,
+        device: str,
+        compute_type: str,
+        beam_size: int,
+        language: str,
+        short_window: bool = False,
+    ):
         self._model = model
+        self.short_window = short_window  # encode the speech plus a margin (WINDOW_MARGIN_FRAMES)
         self.name = name
         self.device = device
         self.compute_type = compute_type
@@ -100,30 +149,33 @@ class WhisperEngine:
         beam_size: int = 1,
         language: str = "en",
         cpu_threads: int = 2,
+        short_window: bool = True,
     ) -> WhisperEngine:
         """Load a CTranslate2 folder (or a hub id, for users who are online). Blocking: call in a thread."""
-        from faster_whisper import WhisperModel
-
         dev, auto_type = pick_device(device)
         ctype = auto_type if compute_type == "auto" else compute_type
         start = time.monotonic()
-        whisper = WhisperModel(str(model), device=dev, compute_type=ctype, cpu_threads=cpu_threads)
-        engine = cls(whisper, Path(str(model)).name, dev, ctype, beam_size, language)
+        whisper = windowed_model_class()(str(model), device=dev, compute_type=ctype, cpu_threads=cpu_threads)
+        engine = cls(whisper, Path(str(model)).name, dev, ctype, beam_size, language, short_window)
         # One short silent pass: the first real call would otherwise pay for lazy allocations.
         engine.transcribe_samples(np.zeros(WHISPER_SAMPLE_RATE // 2, dtype=np.float32))
         log.info("STT %s loaded on %s/%s in %.2fs", model, dev, ctype, time.monotonic() - start)
         return engine
 
-    def transcribe_samples(self, samples: np.ndarray, beam_size: int | None = None) -> Transcript:
-        """Transcribe 16 kHz float32 mono samples; `beam_size` overrides the engine's own."""
+    def transcribe_samples(
+        self, samples: np.ndarray, beam_size: int | None = None, full_window: bool = False
+    ) -> Transcript:
+        """Transcribe 16 kHz float32 mono samples; `beam_size` overrides the engine's own, and
+        `full_window` its short window (telephone audio needs the whole one)."""
         audio_ms = 1000.0 * len(samples) / WHISPER_SAMPLE_RATE
         beam = beam_size or self.beam_size
+        short = self.short_window and not full_window
         start = time.monotonic()
-        text = self._decode(samples, audio_ms, self.vocabulary, beam)
+        text = self._decode(samples, audio_ms, self.vocabulary, beam, short)
         if self.vocabulary and self._copied_from_prompt(text):
             # On a short unclear sound ("uh huh") Whisper may just say a line of its prompt back
             # ("E-bike service,"): heard again without the prompt, it is what it was.
-            text = self._decode(samples, audio_ms, None, beam)
+            text = self._decode(samples, audio_ms, None, beam, short)
         return Transcript(text, audio_ms, 1000.0 * (time.monotonic() - start))
 
     def _copied_from_prompt(self, text: str) -> bool:
@@ -131,8 +183,11 @@ class WhisperEngine:
         prompt = " ".join(re.findall(r"[a-z0-9']+", (self.vocabulary or "").lower()))
         return 0 < len(words) <= PROMPT_ECHO_MAX_WORDS and f" {' '.join(words)} " in f" {prompt} "
 
-    def _decode(self, samples: np.ndarray, audio_ms: float, prompt: str | None, beam_size: int) -> str:
+    def _decode(
+        self, samples: np.ndarray, audio_ms: float, prompt: str | None, beam_size: int, short: bool
+    ) -> str:
         with self._lock:
+            self._model.short = short
             segments, _info = self._model.transcribe(
                 samples,
                 language=self.language,
@@ -160,13 +215,17 @@ class WhisperEngine:
             text = ""  # punctuation alone ("...") is what Whisper writes for a breath or a click
         return text
 
-    def transcribe_pcm16(self, pcm: bytes, beam_size: int | None = None) -> Transcript:
+    def transcribe_pcm16(
+        self, pcm: bytes, beam_size: int | None = None, full_window: bool = False
+    ) -> Transcript:
         """Transcribe 16 kHz s16le bytes."""
-        return self.transcribe_samples(pcm16_to_float(pcm), beam_size)
+        return self.transcribe_samples(pcm16_to_float(pcm), beam_size, full_window)
 
-    async def transcribe(self, pcm: bytes, beam_size: int | None = None) -> Transcript:
+    async def transcribe(
+        self, pcm: bytes, beam_size: int | None = None, full_window: bool = False
+    ) -> Transcript:
         """Transcribe 16 kHz s16le bytes off the event loop."""
-        return await run_in_stage("stt", self.transcribe_pcm16, pcm, beam_size)
+        return await run_in_stage("stt", self.transcribe_pcm16, pcm, beam_size, full_window)
 
 
 # --- the pipeline stage -------------------------------------------------------------------------
@@ -185,6 +244,7 @@ class WhisperSTTStage(SegmentedSTTService):
         tracer: TurnTracer,
         turn_model: SmartTurnEngine | None = None,
         beam_size: int | None = None,
+        full_window: Callable[[], bool] = lambda: False,
         **kwargs,
     ):
         super().__init__(
@@ -195,6 +255,8 @@ class WhisperSTTStage(SegmentedSTTService):
         )
         self._engine = engine
         self._beam_size = beam_size  # None: the engine's own (a phone call asks for a wider beam)
+        # Asked at each segment: does it need Whisper's whole window (short_window)?
+        self._full_window = full_window
         self._tracer = tracer
         self._turn_model = turn_model
         self._recent: deque[tuple[float, bytes]] = deque()  # (ended at, audio) of recent segments
@@ -217,7 +279,9 @@ class WhisperSTTStage(SegmentedSTTService):
     async def run_stt(self, audio: bytes):
         self._tracer.mark_pending(Moment.STT_START)
         text = ""
-        transcription = asyncio.ensure_future(self._engine.transcribe(audio, self._beam_size))
+        transcription = asyncio.ensure_future(
+            self._engine.transcribe(audio, self._beam_size, self._full_window())
+        )
         if self._turn_model is not None:
             # While Whisper works: does the speech so far sound finished? Its verdict sets how long
             # the end-of-turn strategy waits, so it goes out first.
