@@ -341,9 +341,10 @@ async def test_speech_that_sounds_unfinished_waits_for_the_long_pause():
 async def test_a_transcript_that_waits_long_for_whisper_still_ends_the_turn_with_its_words():
     """Four callers on 2 cores: a segment can wait seconds behind the others' in Whisper's queue.
     The turn must end when its words arrive, with them, not at pipecat's own 5 s fallback with none."""
+    session = FakeSession(audible=False)
     params = user_turn_params(
-        FakeSession(audible=False),
-        TurnFlow(lambda: 0),
+        session,
+        session.flow,
         vad_start_secs=0.1,
         vad_stop_secs=0.2,
         turn_pause_secs=DEFAULT_PAUSE_S,
@@ -372,6 +373,46 @@ async def test_a_transcript_that_waits_long_for_whisper_still_ends_the_turn_with
     await asyncio.sleep(1.0)
     await controller.cleanup()
     assert len(stopped) == 1 and isinstance(stopped[0], WholeTurnStopStrategy), "ended by its words"
+
+
+async def test_a_sound_with_no_words_ends_its_turn_at_once_so_the_next_can_start():
+    """A cough while the agent is quiet opens a turn; with no words in it, it must close when its
+    segment is done, not at pipecat's fallback: while a turn is open, no other can start."""
+    session = FakeSession(audible=False)
+    params = user_turn_params(
+        session,
+        session.flow,
+        vad_start_secs=0.1,
+        vad_stop_secs=0.2,
+        turn_pause_secs=DEFAULT_PAUSE_S,
+        policy=POLICY,
+        confirm_secs=CONFIRM_S,
+        resume_secs=RESUME_S,
+    )
+    controller = UserTurnController(
+        user_turn_strategies=params.user_turn_strategies, user_turn_stop_timeout=params.user_turn_stop_timeout
+    )
+    await controller.setup(SimpleNamespace(task_manager=TaskManager()))
+    events: list[str] = []
+
+    async def on_started(_controller, _strategy, _params):
+        events.append("started")
+
+    async def on_stopped(_controller, _strategy, _params):
+        events.append("stopped")
+
+    controller.add_event_handler("on_user_turn_started", on_started)
+    controller.add_event_handler("on_user_turn_stopped", on_stopped)
+    await controller.start()
+    await controller.process_frame(VADUserStartedSpeakingFrame())
+    await controller.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await controller.process_frame(SpeechSegmentDoneFrame(heard_words=False))  # a cough
+    await asyncio.sleep(0.1)
+    assert events == ["started", "stopped"] and "nothing heard" in session.log
+    await controller.process_frame(VADUserStartedSpeakingFrame())  # then the user speaks
+    await asyncio.sleep(0.1)
+    await controller.cleanup()
+    assert events == ["started", "stopped", "started"], "a new turn, for the words"
 
 
 def _flow(cut_off: bool) -> TurnFlow:

@@ -90,3 +90,18 @@ async def test_a_stream_that_starts_with_no_turn_waiting_is_nobodys():
     await observer.on_push_frame(pushed(LLMFullResponseStartFrame(), clock.ns))
     await observer.on_push_frame(pushed(LLMTextFrame("stray"), clock.ns + 50 * MS))
     assert Moment.LLM_FIRST_TOKEN not in tracer.current.moments
+
+
+async def test_a_frame_pushed_before_the_turn_ended_is_not_the_turns_however_late_it_is_observed():
+    clock = Clock()
+    tracer, flow = TurnTracer(clock), TurnFlow(clock)
+    observer = AnswerTimingObserver(tracer, flow)
+    turn(flow, tracer, "When do you open?")
+    await observer.on_push_frame(pushed(LLMFullResponseStartFrame(), clock.ns + 10 * MS))
+    pushed_then = clock.ns + 20 * MS  # the old answer's last words, pushed just before ...
+    clock.ns += 500 * MS
+    turn(flow, tracer, "Are you open on Sunday?")  # ... the user cut in and this turn ended
+    await observer.on_push_frame(pushed(LLMTextFrame("We"), pushed_then))  # observed only now
+    await observer.on_push_frame(pushed(LLMFullResponseEndFrame(), pushed_then))
+    assert Moment.LLM_FIRST_TOKEN not in tracer.current.moments
+    assert Moment.LLM_END not in tracer.current.moments

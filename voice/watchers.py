@@ -131,7 +131,8 @@ class SessionClock(BaseClock):
 
 class AnswerTimingObserver(BaseObserver):
     """Stamps the answer's first token and the end of its stream, at the moment the LLM (or a
-    prepared reply) pushed them."""
+    prepared reply) pushed them. pipecat tells it of each push from a queue, later: which turn a
+    frame belongs to is judged by when it was pushed, against when the turn ended."""
 
     def __init__(self, tracer: TurnTracer, flow: TurnFlow):
         super().__init__(observe_every_push=False)  # a frame's moment is when it is first pushed
@@ -143,11 +144,15 @@ class AnswerTimingObserver(BaseObserver):
         frame = data.frame
         if data.direction != FrameDirection.DOWNSTREAM:
             return
+        record = self._tracer.current
+        if record is None or data.timestamp < record.moments.get(Moment.TURN_END, 0):
+            # Pushed before the current turn ended (this runs later, from pipecat's queue): the
+            # tail of a cancelled answer, or a stream started after a cancel. Not this turn's.
+            return
         if isinstance(frame, LLMFullResponseStartFrame):
-            # A stream that starts after a cancel, before the next turn ends, belongs to no answer.
             self._answer = self._flow.answer if self._flow.answering else None
         elif self._answer is None or self._answer is not self._flow.answer:
-            return  # the tail of a cancelled answer, pushed after the next turn began: not this turn's
+            return  # a stream that began when no answer was asked for (or for the one before)
         elif isinstance(frame, LLMTextFrame) and frame.text.strip():
             self._tracer.mark(Moment.LLM_FIRST_TOKEN, data.timestamp)
         elif isinstance(frame, LLMFullResponseEndFrame):

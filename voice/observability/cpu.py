@@ -39,9 +39,11 @@ THREAD_NAMES = {
     "tts": "parley-tts",
 }
 # How many threads each stage's work may use at once. One for each model that serves one call at a
-# time anyway (its engine holds a lock: Whisper, Smart Turn, Piper); retrieval takes two, so one
-# caller's search does not wait behind another's embedding.
-STAGE_WORKERS = {"stt": 1, "turn": 1, "rag": 2, "llm": 1, "tts": 1}
+# time anyway (its engine holds a lock: Whisper, Smart Turn, Piper); retrieval takes one per
+# caller at the default PARLEY_MAX_SESSIONS, so no search waits behind another caller's, nor
+# behind a speculative one that was dropped but runs to its end. The pools last as long as the
+# process, as the models do.
+STAGE_WORKERS = {"stt": 1, "turn": 1, "rag": 4, "llm": 1, "tts": 1}
 VAD = "vad"
 PIPELINE = "pipeline"  # the event loop's thread
 OTHER = "other"
@@ -57,14 +59,26 @@ _counted: dict[str, float] = {}
 _counted_lock = threading.Lock()
 
 
+@functools.cache
+def _libc():
+    """The C library, or None (looked up once: find_library runs a program)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+
+
 def name_this_thread(name: str) -> None:
     """Give the calling OS thread a name (threads it starts from now on inherit it). A no-op
     where the C library cannot."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
+    libc = _libc()
+    if libc is None:
         return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(libc_name, use_errno=True).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    with contextlib.suppress(AttributeError):
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def stage_executor(stage: str, workers: int = 1) -> ThreadPoolExecutor:
@@ -141,7 +155,8 @@ def _thread_cpu() -> list[tuple[int, str, float]]:
 class LLMSplit:
     """Splits the LLM threads' CPU into prefill and decode reading by reading: what they spent
     since the last reading goes by llama.cpp's own time in each since then, so both counts only
-    grow. (Without its figures, or while it did neither, it counts as decode.)"""
+    grow. (Without its figures, or while it did neither, it counts as decode.) Approximate within
+    a reading: llama.cpp adds a request's decode time when the request ends."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -158,7 +173,8 @@ class LLMSplit:
             if phases is not None:
                 prefill_s = max(0.0, phases[0] - self._phases[0])
                 decode_s = max(0.0, phases[1] - self._phases[1])
-                self._phases = phases
+                # Two scrapes at once may hand in their readings out of order: never go back.
+                self._phases = (max(phases[0], self._phases[0]), max(phases[1], self._phases[1]))
             share = prefill_s / (prefill_s + decode_s) if prefill_s + decode_s > 0 else 0.0
             self.prefill += spent * share
             self.decode += spent * (1.0 - share)

@@ -96,8 +96,14 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
             self._segments_open = max(0, self._segments_open - 1)
             if self._segments_open == 0:
                 await self._stt_caught_up()
-                if not self._text and not self._vad_user_speaking and self._hooks is not None:
-                    await self._hooks.nothing_heard()
+                if not self._text and not self._vad_user_speaking:
+                    if not frame.heard_words:
+                        # A sound with no words (a cough, a door): the turn it opened is over,
+                        # with nothing to answer. Ended now, not at pipecat's fallback: while a
+                        # turn is open no other can start, so the user could not cut in.
+                        await self.trigger_user_turn_stopped()
+                    if self._hooks is not None:
+                        await self._hooks.nothing_heard()
             return ProcessFrameResult.CONTINUE
         return await super().process_frame(frame)
 
