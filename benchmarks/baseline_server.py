@@ -159,8 +159,12 @@ class StageCalls:
 
     def synthesize(self, *args, **kwargs):
         items = self._pool.submit(lambda: iter(self._target.synthesize(*args, **kwargs))).result()
-        while (item := self._pool.submit(next, items, None).result()) is not None:
-            yield item
+        try:
+            while (item := self._pool.submit(next, items, None).result()) is not None:
+                yield item
+        finally:
+            if hasattr(items, "close"):  # stopped early (an interruption): Piper's generator ends
+                self._pool.submit(items.close).result()
 
 
 @dataclass

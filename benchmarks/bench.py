@@ -97,6 +97,8 @@ def plan(levels: list[int], turns: int) -> dict[int, list[list[dict]]]:
 
 
 CPU_METRIC = "parley_cpu_seconds_total"
+# A loaded server answers /metrics in milliseconds; it reads llama.cpp's own, with a 1 s bound.
+METRICS_TIMEOUT_S = 10.0
 
 
 def http_base(ws_url: str) -> str:
@@ -106,7 +108,7 @@ def http_base(ws_url: str) -> str:
 def cpu_seconds(ws_url: str) -> dict[str, float] | None:
     """The server's CPU seconds by stage so far (its /metrics), or None when it does not say."""
     try:
-        text = httpx.get(f"{http_base(ws_url)}/metrics", timeout=10).text
+        text = httpx.get(f"{http_base(ws_url)}/metrics", timeout=METRICS_TIMEOUT_S).text
     except httpx.HTTPError:
         return None
     out = {}

@@ -133,9 +133,10 @@ def test_the_baselines_model_calls_run_on_its_stage_threads_and_stream_as_before
                 seen.append(threading.current_thread().name)
                 yield word
 
-    calls = StageCalls(Model(), cpu.stage_executor("stt", workers=2))
-    segments, info = calls.transcribe("open on Sunday")
-    assert list(segments) == ["open", "on", "Sunday"] and info == "info"
-    assert list(calls.synthesize("we open at nine")) == ["we", "open", "at", "nine"]
-    assert calls.sample_rate == 22050, "everything else is the model's own"
+    with cpu.stage_executor("stt", workers=2) as pool:
+        calls = StageCalls(Model(), pool)
+        segments, info = calls.transcribe("open on Sunday")
+        assert list(segments) == ["open", "on", "Sunday"] and info == "info"
+        assert list(calls.synthesize("we open at nine")) == ["we", "open", "at", "nine"]
+        assert calls.sample_rate == 22050, "everything else is the model's own"
     assert len(seen) == 7 and all(name.startswith(cpu.THREAD_NAMES["stt"]) for name in seen)

@@ -36,8 +36,9 @@ from clients.phone import main as phone_main
 from clients.sound import SoundUnavailable
 from voice import protocol
 from voice.config import DEFAULT_DTMF_REPLIES, Settings
+from voice.conversation import TurnFlow
 from voice.observability.metrics import EndReason
-from voice.pipeline import ConversationPipeline, stt_beam_size
+from voice.pipeline import ConversationPipeline, needs_full_window, stt_beam_size
 from voice.protocol import ProtocolError
 from voice.server import create_app
 from voice.session import Session
@@ -369,6 +370,7 @@ class FakeSession:
 
 
 async def phone_wire(session: FakeSession, dtmf_replies: dict[str, str] | None = None):
+    dtmf_replies = dtmf_replies or {}
     socket = FakeSocket()
     wire = TwilioWire(socket, StreamStart(streamSid="MZ1", callSid="CA1"), dtmf_replies)
     serializer = wire.serializer(session)
@@ -531,8 +533,20 @@ def fake_session(**settings) -> tuple[Session, FakeWorker, FakeSocket]:
     return session, worker, socket
 
 
+def test_whisper_reads_its_whole_window_for_telephone_audio_and_over_the_agents_voice():
+    flow = TurnFlow(lambda: 0)
+    phone, browser = needs_full_window(8000, flow), needs_full_window(16000, flow)
+    assert phone() and not browser(), "a browser's question gets the short window"
+    flow.turn_ended("When do you open?")
+    flow.audio_sent()  # the agent is heard: a sound now may be its own echo
+    assert browser()
+    flow.answer_started()
+    flow.audio_done()
+    assert not browser(), "and once it is quiet, the short window again"
+
+
 def test_telephone_audio_is_heard_with_the_wider_beam():
-    phone = TwilioWire(FakeSocket(), StreamStart(streamSid="MZ1", callSid="CA1"))
+    phone = TwilioWire(FakeSocket(), StreamStart(streamSid="MZ1", callSid="CA1"), {})
     browser, narrow_client = ParleyWire(FakeSocket(), 16000), ParleyWire(FakeSocket(), 8000)
     assert stt_beam_size(phone.input_sample_rate, narrowband_beam_size=5) == 5
     assert stt_beam_size(narrow_client.input_sample_rate, 5) == 5, "8 kHz over /ws is the same telephone band"

@@ -13,7 +13,7 @@ from voice.stt import (
     MIN_WINDOW_FRAMES,
     WINDOW_MARGIN_FRAMES,
     WhisperEngine,
-    short_window,
+    trim_window,
 )
 
 VOCABULARY = "Opening hours, Weekly hours, Services and prices, E-bike service, Rentals."
@@ -92,10 +92,10 @@ def padded_window(sounding_frames: int) -> np.ndarray:
 )
 def test_the_short_window_is_the_speech_and_a_margin_of_the_padding(sounding: int, kept: int):
     window = padded_window(sounding)
-    cut = short_window(window)
+    cut = trim_window(window)
     assert cut.shape == (80, kept)
     assert np.array_equal(cut[:, : min(sounding, kept)], window[:, : min(sounding, kept)]), "speech kept"
-    assert short_window(window[None]).shape == (1, 80, kept), "a batch of one, as the encoder takes it"
+    assert trim_window(window[None]).shape == (1, 80, kept), "a batch of one, as the encoder takes it"
 
 
 def test_telephone_audio_keeps_whisper_s_whole_window():

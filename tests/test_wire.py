@@ -70,7 +70,7 @@ class RecordingEcho:
 async def make_serializer(kind: str, session: Session):
     if kind == "ws":
         return ParleyWire(Socket(), PIPELINE_SAMPLE_RATE).serializer(session)
-    serializer = TwilioWire(Socket(), StreamStart(streamSid="MZ1", callSid="CA1")).serializer(session)
+    serializer = TwilioWire(Socket(), StreamStart(streamSid="MZ1", callSid="CA1"), {}).serializer(session)
     await serializer.setup(type("Setup", (), {"audio_in_sample_rate": PIPELINE_SAMPLE_RATE})())
     return serializer
 

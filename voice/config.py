@@ -88,8 +88,8 @@ class Settings(BaseSettings):
         True,
         description="Encode the speech plus 3 s of Whisper's silent padding (at least 6 s), not its whole "
         "30 s window: on the 24 spoken questions, 2 cores, 229 ms p50 a transcription instead of 1195, "
-        "WER 0.131 (was 0.136). Telephone audio, and sound heard over the agent's voice (an "
-        "interruption, or its echo?), keep the whole window: they lost words, or grew some, without it.",
+        "WER 0.131 (was 0.136). Telephone audio, and sound heard while the agent talks (which may be "
+        "its own echo), keep the whole window: without it they lost words, or grew some.",
     )
 
     # --- LLM

@@ -68,7 +68,7 @@ class Answer:
     turn is the flow's `turn_id`)."""
 
     typed: bool = False  # the turn was typed (or a key press): it has no speech to time
-    started: bool = False  # the LLM (or a prepared reply) began it
+    started: bool = False  # its start (the LLM's, or a prepared reply's) reached the TTS's output
     audible: bool = False  # its first audio went out
     done: bool = False  # its last audio went out (the client may still be playing it)
     hold: Hold | None = None  # the sound holding it, while held
@@ -205,7 +205,8 @@ class TurnFlow:
         return unsaid
 
     def answer_started(self) -> None:
-        """The LLM began the answer (a stream's start after a cancel belongs to no answer)."""
+        """The answer's start came out of the TTS (voice/watchers.py, SpokenTextEmitter): its audio
+        follows. A stream's start after a cancel belongs to no answer."""
         if self.answering and self.answer is not None:
             self.answer.started = True
 

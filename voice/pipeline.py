@@ -142,6 +142,14 @@ class ConversationPipeline:
         await self.knowledge.cancel_speculation()
 
 
+def needs_full_window(input_sample_rate: int, flow: TurnFlow) -> Callable[[], bool]:
+    """Asked at each speech segment: does Whisper need its whole window (voice/stt.py,
+    WINDOW_MARGIN_FRAMES)? For telephone audio, and for a sound heard while the agent talks
+    (which may be its own echo)."""
+    narrowband = input_sample_rate <= NARROWBAND_MAX_RATE
+    return lambda: narrowband or flow.agent_audible
+
+
 def stt_beam_size(input_sample_rate: int, narrowband_beam_size: int) -> int | None:
     """A wider beam for telephone audio, where greedy decoding loses words; None: the default."""
     return narrowband_beam_size if input_sample_rate <= NARROWBAND_MAX_RATE else None
@@ -178,8 +186,6 @@ def build_pipeline(session: Session) -> ConversationPipeline:
         prefill=prefill,
     )
     beam = stt_beam_size(wire.input_sample_rate, s.stt_narrowband_beam_size)
-    narrowband = wire.input_sample_rate <= NARROWBAND_MAX_RATE
-    flow = session.flow
     pipeline = Pipeline(
         [
             transport.input(),
@@ -188,9 +194,7 @@ def build_pipeline(session: Session) -> ConversationPipeline:
                 tracer,
                 e.turn,
                 beam_size=beam,
-                # Whisper's whole window for telephone audio, and for a sound over the agent's voice
-                # (an interruption, or its own echo?): voice/stt.py, WINDOW_MARGIN_FRAMES.
-                full_window=lambda: narrowband or flow.agent_audible,
+                full_window=needs_full_window(wire.input_sample_rate, session.flow),
             ),
             user_turns,
             UserTurnWatcher(session),

@@ -39,7 +39,7 @@ MAX_WEBHOOK_BODY_BYTES = 64 * 1024  # Twilio's call webhook is ~1 KiB of form fi
 @dataclass
 class ServerState:
     settings: Settings
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: Metrics
     engines: Engines | None = None
     load_error: str | None = None
     sessions: dict[str, Session] = field(default_factory=dict)
@@ -51,13 +51,12 @@ def create_app(settings: Settings | None = None, paths: ModelPaths | None = None
     settings = settings or Settings()
     exporter = make_exporter(settings.otel_exporter)
     spans = SpanRecorder(exporter) if exporter is not None else None
-    state = ServerState(settings)
 
     def _cpu() -> dict[str, float]:
         embedded = getattr(state.engines, "embedded_llm", None)  # None: loading, or a remote LLM
         return cpu_by_stage(embedded.phase_seconds() if embedded is not None else None)
 
-    state.metrics = Metrics(settings.trace_log, spans, cpu=_cpu)
+    state = ServerState(settings, metrics=Metrics(settings.trace_log, spans, cpu=_cpu))
     if not settings.twilio_auth_token.get_secret_value():
         log.warning(
             "PARLEY_TWILIO_AUTH_TOKEN is not set: POST %s answers anyone, not only Twilio. Set it to your "

@@ -25,14 +25,12 @@ from voice.conversation import Interruption, TurnFlow
 from voice.echo import EchoGuard
 from voice.engines import Engines
 from voice.observability.metrics import EndReason, Metrics
-from voice.observability.tracing import Moment, TurnRecord, TurnTracer
+from voice.observability.tracing import NS_PER_S, Moment, TurnRecord, TurnTracer
 from voice.pipeline import INTERRUPT_SETTLE_TIMEOUT_S, ConversationPipeline, build_pipeline
 from voice.playback import PlaybackLedger
 from voice.transports.wire import Wire
 
 log = logging.getLogger(__name__)
-
-NS_PER_S = 1_000_000_000
 
 
 class Session:

@@ -69,7 +69,7 @@ MIN_WINDOW_FRAMES = 600  # 6 s
 FULL_WINDOW_FRAMES = 3000  # 30 s: Whisper's own
 
 
-def short_window(features: np.ndarray) -> np.ndarray:
+def trim_window(features: np.ndarray) -> np.ndarray:
     """A padded mel window (faster-whisper's) cut to the speech plus WINDOW_MARGIN_FRAMES of the
     padding. The padding is exact zeros; a frame of speech or room noise never is."""
     frames = features if features.ndim == 2 else features[0]
@@ -80,7 +80,7 @@ def short_window(features: np.ndarray) -> np.ndarray:
 
 
 def windowed_model_class():
-    """faster-whisper's WhisperModel, encoding a short window (`short_window`) while
+    """faster-whisper's WhisperModel, encoding a short window (`trim_window`) while
     `short` is set. Built on first use: faster-whisper is imported only when a model loads."""
     from faster_whisper import WhisperModel
 
@@ -88,7 +88,7 @@ def windowed_model_class():
         short = False  # set per call, under the engine's lock
 
         def encode(self, features: np.ndarray):
-            return super().encode(short_window(features) if self.short else features)
+            return super().encode(trim_window(features) if self.short else features)
 
     return WindowedWhisper
 
@@ -126,7 +126,7 @@ class WhisperEngine:
         compute_type: str,
         beam_size: int,
         language: str,
-        short_window: bool = False,
+        short_window: bool = True,
     ):
         self._model = model
         self.short_window = short_window  # encode the speech plus a margin (WINDOW_MARGIN_FRAMES)
@@ -187,7 +187,7 @@ class WhisperEngine:
         self, samples: np.ndarray, audio_ms: float, prompt: str | None, beam_size: int, short: bool
     ) -> str:
         with self._lock:
-            self._model.short = short
+            self._model.short = short  # read by WindowedWhisper.encode (load builds one)
             segments, _info = self._model.transcribe(
                 samples,
                 language=self.language,

@@ -243,7 +243,7 @@ class TwilioWireSerializer(TwilioFrameSerializer):
         start: StreamStart,
         hooks: WireHooks,
         marks: MarkBook,
-        dtmf_replies: dict[str, str] | None = None,
+        dtmf_replies: dict[str, str],
     ):
         super().__init__(
             start.stream_sid,
@@ -261,7 +261,7 @@ class TwilioWireSerializer(TwilioFrameSerializer):
         self.stream_sid = start.stream_sid
         self._hooks = hooks
         self._marks = marks
-        self._dtmf_replies = dtmf_replies or {}
+        self._dtmf_replies = dtmf_replies  # key → what the agent says to it
         self._stopped = False
         self._stop_task: asyncio.Task | None = None
         self._audio_path = AudioPath(hooks)
@@ -302,6 +302,8 @@ class TwilioWireSerializer(TwilioFrameSerializer):
                 self._stopped = True
                 log.info("stream %s: the caller hung up (Twilio sent stop)", self.stream_sid)
                 self._hooks.ending(EndReason.HUNG_UP)  # now: the socket closes right after
+                # Kept only so it is not garbage-collected mid-sleep; when the socket's close has
+                # ended the session first, its stop finds the session over and does nothing.
                 self._stop_task = asyncio.create_task(self._stop_after_hang_up())
             elif isinstance(message, Start):
                 raise ProtocolError("already_started", "A second start on one stream was ignored.")
@@ -364,7 +366,7 @@ class TwilioWire(Wire):
     kind = "phone"
     input_sample_rate = TWILIO_SAMPLE_RATE
 
-    def __init__(self, websocket: WebSocket, start: StreamStart, dtmf_replies: dict[str, str] | None = None):
+    def __init__(self, websocket: WebSocket, start: StreamStart, dtmf_replies: dict[str, str]):
         super().__init__(websocket)
         self.start = start
         self._dtmf_replies = dtmf_replies  # key → what the agent says to it (Settings.dtmf_replies)
