@@ -368,6 +368,9 @@ class FakeSession:
     def playback_position(self):
         return self.position
 
+    def answer_cut_off(self):
+        return not self.audio_allowed
+
 
 async def phone_wire(session: FakeSession, dtmf_replies: dict[str, str] | None = None):
     dtmf_replies = dtmf_replies or {}

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame
+from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame, OutputTransportMessageFrame
 from starlette.websockets import WebSocketState
 
 from voice.audio import PIPELINE_SAMPLE_RATE
@@ -52,6 +52,9 @@ class Session:
 
     def playback_position(self) -> tuple[int, float]:
         return 1, 0.0
+
+    def answer_cut_off(self) -> bool:
+        return self.cut_off
 
 
 class RecordingEcho:
@@ -109,6 +112,25 @@ async def test_the_rest_of_a_cut_off_answer_never_reaches_the_caller(kind):
     session.cut_off = True
     assert await serializer.serialize(CHUNK) is None
     assert echo.recorded == [], "audio that did not go out cannot come back as echo"
+
+
+@pytest.mark.parametrize("kind", WIRES)
+async def test_a_sentence_queued_behind_held_audio_is_not_shown_once_the_answer_is_cut_off(kind):
+    """The sentence's text waits behind the held audio; the user takes the floor, the floor opens
+    so the waiting chunk can be dropped, and the text behind it must be dropped too."""
+    session = Session()
+    serializer = await make_serializer(kind, session)
+    sentence = OutputTransportMessageFrame(
+        message={"type": "agent.text", "turn_id": 1, "text": "We close at 6."}
+    )
+    other = OutputTransportMessageFrame(message={"type": "user.transcript", "turn_id": 2, "text": "Stop."})
+    assert await serializer.serialize(sentence), (
+        "shown (on the phone: a mark before it) while the answer plays"
+    )
+    session.cut_off = True
+    assert await serializer.serialize(sentence) is None
+    if kind == "ws":
+        assert await serializer.serialize(other), "other events still go out"
 
 
 @pytest.mark.parametrize("kind", WIRES)

@@ -120,6 +120,9 @@ class Session:
     async def wait_for_floor(self) -> None:
         await self.flow.floor_open.wait()
 
+    def answer_cut_off(self) -> bool:
+        return self.flow.cut_off
+
     def playback_reported(self, turn_id: int, played_ms: float) -> None:
         self.playback.report(turn_id, played_ms)
 

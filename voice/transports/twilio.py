@@ -272,7 +272,7 @@ class TwilioWireSerializer(TwilioFrameSerializer):
                 return None
             return await super().serialize(frame)  # μ-law at 8 kHz in a `media` message
         if isinstance(frame, OutputTransportMessageFrame | OutputTransportMessageUrgentFrame):
-            if frame.message.get("type") == "agent.text":
+            if frame.message.get("type") == "agent.text" and self._audio_path.shown(frame.message):
                 # A sentence's audio comes next: a mark here comes back once the caller has heard
                 # everything before it.
                 turn_id, sent_ms = self._hooks.playback_position()

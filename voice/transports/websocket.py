@@ -43,7 +43,7 @@ class ParleyWireSerializer(FrameSerializer):
         if isinstance(frame, OutputAudioRawFrame):
             return frame.audio if await self._audio_path.outgoing(frame.audio) else None
         if isinstance(frame, OutputTransportMessageFrame | OutputTransportMessageUrgentFrame):
-            return protocol.json_dumps(frame.message)
+            return protocol.json_dumps(frame.message) if self._audio_path.shown(frame.message) else None
         return None  # interruptions are announced by the session, with the turn id
 
     async def deserialize(self, data: str | bytes) -> Frame | None:

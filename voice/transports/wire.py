@@ -66,6 +66,9 @@ class WireHooks(Protocol):
     async def wait_for_floor(self) -> None:
         """Returns once the agent may be heard (not held)."""
 
+    def answer_cut_off(self) -> bool:
+        """The answer in flight was cut off: what is left of it goes nowhere."""
+
     def playback_reported(self, turn_id: int, played_ms: float) -> None:
         """How much of a turn's audio the client has played."""
 
@@ -95,6 +98,12 @@ class AudioPath:
         if self._echo is not None:
             self._echo.played(self._echo_resampler.process(audio), time.monotonic_ns())
         return True
+
+    def shown(self, message: dict) -> bool:
+        """Asked before an event queued with the audio goes out. A sentence's `agent.text` waits
+        behind its answer's held audio; when the user then takes the floor, that audio is dropped
+        and the text must be too (the caller never hears the sentence)."""
+        return message.get("type") != "agent.text" or not self._hooks.answer_cut_off()
 
     def incoming(self, pcm: bytes) -> bytes:
         """The caller's audio (at the pipeline's rate), with the agent's own voice taken out."""
