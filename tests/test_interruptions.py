@@ -338,10 +338,9 @@ async def test_speech_that_sounds_unfinished_waits_for_the_long_pause():
     assert await a_pause_judged(complete=False, wait_s=PAUSE_INCOMPLETE_S * 2) == ["turn ended"]
 
 
-async def test_a_transcript_that_waits_long_for_whisper_still_ends_the_turn_with_its_words():
-    """Four callers on 2 cores: a segment can wait seconds behind the others' in Whisper's queue.
-    The turn must end when its words arrive, with them, not at pipecat's own 5 s fallback with none."""
-    session = FakeSession(audible=False)
+async def turn_controller(session: FakeSession) -> UserTurnController:
+    """pipecat's user-turn controller with Parley's strategies and settings, as the session's user
+    aggregator runs them (voice/turntaking/user_turns.py)."""
     params = user_turn_params(
         session,
         session.flow,
@@ -356,6 +355,14 @@ async def test_a_transcript_that_waits_long_for_whisper_still_ends_the_turn_with
         user_turn_strategies=params.user_turn_strategies, user_turn_stop_timeout=params.user_turn_stop_timeout
     )
     await controller.setup(SimpleNamespace(task_manager=TaskManager()))
+    return controller
+
+
+async def test_a_transcript_that_waits_long_for_whisper_still_ends_the_turn_with_its_words():
+    """Four callers on 2 cores: a segment can wait seconds behind the others' in Whisper's queue.
+    The turn must end when its words arrive, with them, not at pipecat's own 5 s fallback with none."""
+    session = FakeSession(audible=False)
+    controller = await turn_controller(session)
     stopped: list[object] = []
 
     async def on_stopped(_controller, strategy, _params):
@@ -379,20 +386,7 @@ async def test_a_sound_with_no_words_ends_its_turn_at_once_so_the_next_can_start
     """A cough while the agent is quiet opens a turn; with no words in it, it must close when its
     segment is done, not at pipecat's fallback: while a turn is open, no other can start."""
     session = FakeSession(audible=False)
-    params = user_turn_params(
-        session,
-        session.flow,
-        vad_start_secs=0.1,
-        vad_stop_secs=0.2,
-        turn_pause_secs=DEFAULT_PAUSE_S,
-        policy=POLICY,
-        confirm_secs=CONFIRM_S,
-        resume_secs=RESUME_S,
-    )
-    controller = UserTurnController(
-        user_turn_strategies=params.user_turn_strategies, user_turn_stop_timeout=params.user_turn_stop_timeout
-    )
-    await controller.setup(SimpleNamespace(task_manager=TaskManager()))
+    controller = await turn_controller(session)
     events: list[str] = []
 
     async def on_started(_controller, _strategy, _params):

@@ -6,19 +6,10 @@ from pipecat.frames.frames import LLMFullResponseEndFrame, LLMFullResponseStartF
 from pipecat.observers.base_observer import FramePushed
 from pipecat.processors.frame_processor import FrameDirection
 
+from tests.test_conversation import MS, VirtualClock
 from voice.conversation import TurnFlow
 from voice.observability.tracing import Moment, TurnTracer
 from voice.watchers import AnswerTimingObserver, SessionClock
-
-MS = 1_000_000
-
-
-class Clock:
-    def __init__(self):
-        self.ns = 1_000 * MS
-
-    def __call__(self) -> int:
-        return self.ns
 
 
 def pushed(frame, at_ns: int) -> FramePushed:
@@ -36,7 +27,7 @@ def turn(flow: TurnFlow, tracer: TurnTracer, text: str) -> None:
 
 
 def test_the_pipeline_clock_is_the_sessions_clock():
-    clock = Clock()
+    clock = VirtualClock()
     pipeline_clock = SessionClock(clock)
     pipeline_clock.start()
     clock.ns += 250 * MS
@@ -44,7 +35,7 @@ def test_the_pipeline_clock_is_the_sessions_clock():
 
 
 async def test_the_first_token_and_the_end_are_stamped_when_they_were_pushed_not_when_observed():
-    clock = Clock()
+    clock = VirtualClock()
     tracer, flow = TurnTracer(clock), TurnFlow(clock)
     observer = AnswerTimingObserver(tracer, flow)
     turn(flow, tracer, "When do you open?")
@@ -61,7 +52,7 @@ async def test_the_first_token_and_the_end_are_stamped_when_they_were_pushed_not
 
 
 async def test_the_tail_of_a_cancelled_answer_is_not_stamped_on_the_next_turn():
-    clock = Clock()
+    clock = VirtualClock()
     tracer, flow = TurnTracer(clock), TurnFlow(clock)
     observer = AnswerTimingObserver(tracer, flow)
     turn(flow, tracer, "When do you open?")
@@ -80,7 +71,7 @@ async def test_the_tail_of_a_cancelled_answer_is_not_stamped_on_the_next_turn():
 
 
 async def test_a_stream_that_starts_with_no_turn_waiting_is_nobodys():
-    clock = Clock()
+    clock = VirtualClock()
     tracer, flow = TurnTracer(clock), TurnFlow(clock)
     observer = AnswerTimingObserver(tracer, flow)
     turn(flow, tracer, "When do you open?")
@@ -93,7 +84,7 @@ async def test_a_stream_that_starts_with_no_turn_waiting_is_nobodys():
 
 
 async def test_a_frame_pushed_before_the_turn_ended_is_not_the_turns_however_late_it_is_observed():
-    clock = Clock()
+    clock = VirtualClock()
     tracer, flow = TurnTracer(clock), TurnFlow(clock)
     observer = AnswerTimingObserver(tracer, flow)
     turn(flow, tracer, "When do you open?")
