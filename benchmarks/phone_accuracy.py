@@ -81,7 +81,10 @@ async def upsampled(pcm8k: bytes, resampler) -> bytes:
 
 async def main() -> int:
     settings = Settings()
-    whisper = WhisperEngine.load(catalogue.ensure("whisper-base"), beam_size=settings.stt_beam_size)
+    # The whole window, as the server reads telephone audio (voice/pipeline.py, needs_full_window).
+    whisper = WhisperEngine.load(
+        catalogue.ensure("whisper-base"), beam_size=settings.stt_beam_size, short_window=False
+    )
     retriever = open_knowledge(
         Path(settings.knowledge_dir),
         settings.knowledge_db(),

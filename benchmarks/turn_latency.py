@@ -110,8 +110,11 @@ async def run_phone(media_url: str, trace_log: Path, runs: int, warmup: int) -> 
     from voice.stt import WHISPER_SAMPLE_RATE, WhisperEngine
 
     # The beam the server hears phone audio with: greedy loses words of Piper at 8 kHz too.
+    # And Whisper's whole window: the judge of what the caller heard does not change with the server.
     whisper = WhisperEngine.load(
-        catalogue.ensure("whisper-base"), beam_size=Settings().stt_narrowband_beam_size
+        catalogue.ensure("whisper-base"),
+        beam_size=Settings().stt_narrowband_beam_size,
+        short_window=False,
     )
     for row, pcm, (_, q) in zip(rows, heard, plan, strict=True):
         row["answer"] = whisper.transcribe_pcm16(resample_pcm16(pcm, PHONE_RATE, WHISPER_SAMPLE_RATE)).text

@@ -28,8 +28,9 @@ EVERY_STAGE = ("endpoint", "stt", "rag", "llm_ttft", "tts_ttfa", "voice_to_voice
 
 @pytest.fixture(scope="module")
 def whisper() -> WhisperEngine:
-    """A second Whisper in the test process, to hear what the agent really said."""
-    return WhisperEngine.load(catalogue.ensure("whisper-base"))
+    """A second Whisper in the test process, to hear what the agent really said: with its whole
+    window, as before the server's short one (the judge does not change with the server)."""
+    return WhisperEngine.load(catalogue.ensure("whisper-base"), short_window=False)
 
 
 def question(fragment: str) -> dict:

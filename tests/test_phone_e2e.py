@@ -61,8 +61,9 @@ def media_url(phone_server) -> str:
 
 @pytest.fixture(scope="module")
 def whisper() -> WhisperEngine:
-    """A second Whisper in the test process, to hear what the caller heard."""
-    return WhisperEngine.load(catalogue.ensure("whisper-base"))
+    """A second Whisper in the test process, to hear what the caller heard (its whole window: the
+    judge does not change with the server)."""
+    return WhisperEngine.load(catalogue.ensure("whisper-base"), short_window=False)
 
 
 async def answered_call(
