@@ -314,13 +314,13 @@ async def stop_strategy(stopped: list[str]) -> WholeTurnStopStrategy:
     return strategy
 
 
-async def a_pause_judged(complete: bool, wait_s: float) -> list[str]:
+async def a_pause_judged(complete: bool, wait_s: float, words: str = "Hi.") -> list[str]:
     stopped: list[str] = []
     strategy = await stop_strategy(stopped)
     await strategy.process_frame(VADUserStartedSpeakingFrame())
     await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
     await strategy.process_frame(TurnCompletionFrame(complete=complete))
-    await strategy.process_frame(transcript("Hi."))
+    await strategy.process_frame(transcript(words))
     await strategy.process_frame(SpeechSegmentDoneFrame(heard_words=True))
     await asyncio.sleep(wait_s)
     await strategy.cleanup()
@@ -336,6 +336,45 @@ async def test_speech_that_sounds_finished_ends_the_turn_after_the_short_pause()
 async def test_speech_that_sounds_unfinished_waits_for_the_long_pause():
     assert await a_pause_judged(complete=False, wait_s=(DEFAULT_PAUSE_S + PAUSE_INCOMPLETE_S) / 2) == []
     assert await a_pause_judged(complete=False, wait_s=PAUSE_INCOMPLETE_S * 2) == ["turn ended"]
+
+
+async def test_a_question_in_a_flat_voice_ends_after_the_short_pause():
+    """Smart Turn hears an even voice as unfinished; the words say a question was asked."""
+    words = "How much is it to rent a bike for the day?"
+    short_wait = (PAUSE_COMPLETE_S + DEFAULT_PAUSE_S) / 2
+    assert await a_pause_judged(complete=False, wait_s=short_wait, words=words) == ["turn ended"]
+
+
+async def test_words_that_trail_off_wait_for_the_long_pause_whatever_the_voice_did():
+    long_wait = (DEFAULT_PAUSE_S + PAUSE_INCOMPLETE_S) / 2
+    for words in ("I've got a flat tyre,", "I need a new chain and"):
+        assert await a_pause_judged(complete=True, wait_s=long_wait, words=words) == [], words
+    assert await a_pause_judged(complete=True, wait_s=PAUSE_INCOMPLETE_S * 2, words="My bike is,") == [
+        "turn ended"
+    ]
+
+
+async def test_a_question_after_a_pause_inside_the_turn_ends_it_after_the_short_pause():
+    """'I've got a flat tyre, ... how much to fix it?': the first half waits, the question ends
+    the turn once its own words are in, counted from its own pause."""
+    stopped: list[str] = []
+    strategy = await stop_strategy(stopped)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await strategy.process_frame(TurnCompletionFrame(complete=False))
+    await strategy.process_frame(transcript("I've got a flat tyre,"))
+    await strategy.process_frame(SpeechSegmentDoneFrame(heard_words=True))
+    await asyncio.sleep((DEFAULT_PAUSE_S + PAUSE_INCOMPLETE_S) / 2)
+    assert stopped == [], "the first half does not end the turn"
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    # Smart Turn's verdict on the second pause does not see the old words: it hears the question.
+    await strategy.process_frame(TurnCompletionFrame(complete=False))
+    await strategy.process_frame(transcript(" How much to fix it?"))
+    await strategy.process_frame(SpeechSegmentDoneFrame(heard_words=True))
+    await asyncio.sleep((PAUSE_COMPLETE_S + DEFAULT_PAUSE_S) / 2)
+    await strategy.cleanup()
+    assert stopped == ["turn ended"]
 
 
 async def turn_controller(session: FakeSession) -> UserTurnController:

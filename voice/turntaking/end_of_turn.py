@@ -1,5 +1,6 @@
 """When a user turn ends: once every speech segment in it is transcribed and the pause after it
-has run (a short one when Smart Turn says the speech sounds finished, a long one when not)."""
+has run (a short one when the turn sounds finished, a long one when not). Smart Turn judges the
+audio at each pause; the transcript, once in, can overrule it (voice/turntaking/text_verdict.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 from pipecat.utils.string import TextPartForConcatenation, concatenate_aggregated_text
 
 from voice.turntaking.smart_turn import TurnCompletionFrame
+from voice.turntaking.text_verdict import combine
 
 if TYPE_CHECKING:
     from voice.watchers import TurnHooks
@@ -84,6 +86,8 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
         self._pause_complete = pause_complete_secs
         self._pause_incomplete = pause_incomplete_secs
         self._vad_stopped_at: float | None = None
+        self._audio_complete: bool | None = None  # Smart Turn's verdict on the latest pause
+        self._pause_complete_used: bool | None = None  # the verdict whose pause is running
         # This turn's transcripts, to hand speculation the words exactly as pipecat's user
         # aggregator will join them into the user message.
         self._parts: list[TextPartForConcatenation] = []
@@ -108,11 +112,20 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
         return await super().process_frame(frame)
 
     async def _judged(self, complete: bool) -> None:
-        """Smart Turn's verdict on the speech before this pause: the pause that ends the turn is
-        now the short or the long one, counted from the VAD's stop."""
+        """Smart Turn's verdict on the speech before this pause (the words of it are not in yet:
+        the transcript so far is of earlier segments, and does not judge this one)."""
+        self._audio_complete = complete
+        await self._set_pause(complete)
+
+    async def _set_pause(self, complete: bool | None) -> None:
+        """The pause that ends the turn is now the short or the long one, counted from the VAD's
+        stop."""
+        if complete is None or complete == self._pause_complete_used:
+            return
         pause = self._pause_complete if complete else self._pause_incomplete
         if pause is None or self._vad_user_speaking or self._vad_stopped_at is None:
             return
+        self._pause_complete_used = complete
         waited = asyncio.get_running_loop().time() - self._vad_stopped_at
         self._user_speech_timeout = max(0.0, pause - waited)
         try:
@@ -122,6 +135,7 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
 
     async def _handle_vad_user_started_speaking(self, frame: VADUserStartedSpeakingFrame):
         await super()._handle_vad_user_started_speaking(frame)
+        self._audio_complete = self._pause_complete_used = None  # the next pause is judged anew
         if self._hooks is not None:
             await self._hooks.speech_resumed()
 
@@ -156,6 +170,10 @@ class WholeTurnStopStrategy(SpeechTimeoutUserTurnStopStrategy):
 
     async def _stt_caught_up(self) -> None:
         self._stt_wait_done = True
+        if self._text and not self._vad_user_speaking:
+            # Every word of the turn is in: they may overrule the audio's verdict ("...to rent a
+            # bike for the day?" in a flat voice), or end a pause the audio had no verdict on.
+            await self._set_pause(combine(self._audio_complete, self._text))
         await self._maybe_trigger_user_turn_stopped()
         # Still waiting out the pause (a turn that ended has no text and a finished timer).
         pause_running = not self._user_speech_wait_done and not self._vad_user_speaking
