@@ -153,7 +153,8 @@ SPANS = {
     SERVER_V2V: "the user really stopped → the first agent audio byte went out on the socket",
     "endpoint": "the user really stopped (VAD stop minus its silence window) → the turn was judged "
     "finished and its transcript went to the agent",
-    "stt": "the speech segment handed to Whisper → Whisper returned the transcript",
+    "stt": "the speech segment handed to Whisper at the VAD's stop → Whisper returned the transcript "
+    "(begun early at the pause, only what was left then)",
     "rag": "retrieval started → facts found",
     "llm_ttft": "facts found (the LLM request is sent right after) → the first text token streamed back",
     "first_sentence": "the first text token → the first sentence handed to TTS",

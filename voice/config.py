@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         "WER 0.131 (was 0.136). Telephone audio, and sound heard while the agent talks (which may be "
         "its own echo), keep the whole window: without it they lost words, or grew some.",
     )
+    stt_early_quiet_secs: float = Field(
+        0.1,
+        description="Silence after which Whisper starts on the speech so far, before the VAD's stop "
+        "(PARLEY_VAD_STOP_SECS) confirms the pause: the transcript is ready that much sooner. Only when no "
+        "transcription is queued; if the user speaks on, that one is thrown away. 0: start at the VAD's stop.",
+    )
 
     # --- LLM
     llm_base_url: str = Field(

@@ -159,22 +159,20 @@ def build_pipeline(session: Session) -> ConversationPipeline:
     s, e, wire = session.settings, session.engines, session.wire
     transport = make_transport(wire.websocket, wire.serializer(session), session.output_sample_rate)
     context = LLMContext()
-    user_turns, assistant_history = LLMContextAggregatorPair(
-        context,
-        user_params=user_turn_params(
-            session,
-            session.flow,
-            s.vad_start_secs,
-            s.vad_stop_secs,
-            s.turn_pause_secs,
-            InterruptionPolicy(s.backchannel_words),
-            confirm_secs=s.interrupt_confirm_secs,
-            resume_secs=s.interrupt_resume_secs,
-            # With Smart Turn, the pause that ends a turn depends on whether it sounds finished.
-            pause_complete_secs=s.turn_pause_complete_secs if e.turn else None,
-            pause_incomplete_secs=s.turn_pause_incomplete_secs if e.turn else None,
-        ),
+    user_params = user_turn_params(
+        session,
+        session.flow,
+        s.vad_start_secs,
+        s.vad_stop_secs,
+        s.turn_pause_secs,
+        InterruptionPolicy(s.backchannel_words),
+        confirm_secs=s.interrupt_confirm_secs,
+        resume_secs=s.interrupt_resume_secs,
+        # With Smart Turn, the pause that ends a turn depends on whether it sounds finished.
+        pause_complete_secs=s.turn_pause_complete_secs if e.turn else None,
+        pause_incomplete_secs=s.turn_pause_incomplete_secs if e.turn else None,
     )
+    user_turns, assistant_history = LLMContextAggregatorPair(context, user_params=user_params)
     llm = make_llm_stage(e.llm, SYSTEM_PROMPT, s.llm_max_tokens, s.llm_temperature)
     prefill = PromptPrefill(e.llm, prompt_renderer(llm, SYSTEM_PROMPT)) if s.speculative_prefill else None
     tracer = session.tracer
@@ -195,6 +193,8 @@ def build_pipeline(session: Session) -> ConversationPipeline:
                 e.turn,
                 beam_size=beam,
                 full_window=needs_full_window(wire.input_sample_rate, session.flow),
+                pause=user_params.vad_analyzer,  # the VAD's silence so far: Whisper may start early
+                early_quiet_s=s.stt_early_quiet_secs,
             ),
             user_turns,
             UserTurnWatcher(session),

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from pipecat.frames.frames import TranscriptionFrame
@@ -139,6 +140,12 @@ class WhisperEngine:
         # when it has seen them in its prompt ("tune-up", not "two-up").
         self.vocabulary: str | None = None
         self._lock = threading.Lock()
+        self._in_flight = 0  # transcriptions asked for and not yet returned (queued or running)
+
+    @property
+    def busy(self) -> bool:
+        """Some session's transcription is queued or running: speculative work waits its turn."""
+        return self._in_flight > 0
 
     @classmethod
     def load(
@@ -225,10 +232,35 @@ class WhisperEngine:
         self, pcm: bytes, beam_size: int | None = None, full_window: bool = False
     ) -> Transcript:
         """Transcribe 16 kHz s16le bytes off the event loop."""
-        return await run_in_stage("stt", self.transcribe_pcm16, pcm, beam_size, full_window)
+        self._in_flight += 1
+        try:
+            return await run_in_stage("stt", self.transcribe_pcm16, pcm, beam_size, full_window)
+        finally:
+            self._in_flight -= 1
 
 
 # --- the pipeline stage -------------------------------------------------------------------------
+
+
+class PauseListener(Protocol):
+    """How long the user has been quiet, as the session's VAD hears it (voice/turntaking/vad.py)."""
+
+    @property
+    def quiet_s(self) -> float: ...
+
+
+@dataclass
+class EarlyTranscript:
+    """A transcription started at a pause, before the VAD's stop: the segment's, if the segment
+    turns out to be this audio plus silence."""
+
+    audio: bytes
+    task: asyncio.Future[Transcript]
+
+    def covers(self, segment: bytes) -> bool:
+        # The segment pipecat hands over is the same buffer, grown only by the quiet frames up to
+        # the VAD's stop and its trailing silence (speech resuming drops the early one).
+        return segment.startswith(self.audio)
 
 
 class WhisperSTTStage(SegmentedSTTService):
@@ -245,6 +277,8 @@ class WhisperSTTStage(SegmentedSTTService):
         turn_model: SmartTurnEngine | None = None,
         beam_size: int | None = None,
         full_window: Callable[[], bool] = lambda: False,
+        pause: PauseListener | None = None,
+        early_quiet_s: float = 0.0,
         **kwargs,
     ):
         super().__init__(
@@ -260,6 +294,13 @@ class WhisperSTTStage(SegmentedSTTService):
         self._tracer = tracer
         self._turn_model = turn_model
         self._recent: deque[tuple[float, bytes]] = deque()  # (ended at, audio) of recent segments
+        # After this much silence (PARLEY_STT_EARLY_QUIET_SECS, half the VAD's stop window), Whisper
+        # starts on the speech so far, before the VAD's stop confirms the pause. A pause shorter
+        # than this costs nothing; a longer one that the user speaks through costs one
+        # transcription, thrown away, started only on an idle engine. None or 0: at the VAD's stop.
+        self._pause = pause
+        self._early_quiet_s = early_quiet_s
+        self._early: EarlyTranscript | None = None
 
     @property
     def wants_wav_segments(self) -> bool:
@@ -276,12 +317,34 @@ class WhisperSTTStage(SegmentedSTTService):
         self._recent.append((now, audio))
         return b"".join(pcm for _, pcm in self._recent)
 
+    async def process_audio_frame(self, frame, direction):
+        await super().process_audio_frame(frame, direction)
+        if self._pause is None or self._early_quiet_s <= 0 or not self._user_speaking:
+            return
+        quiet = self._pause.quiet_s
+        if quiet < self._early_quiet_s:
+            if self._early is not None and quiet == 0:
+                self._early = None  # the user spoke on: not this segment's words after all
+            return
+        if self._early is None and not self._engine.busy:
+            # Only on an idle engine: speculative work never queues ahead of a caller's segment.
+            audio = bytes(self._audio_buffer)
+            task = asyncio.ensure_future(self._engine.transcribe(audio, self._beam_size, self._full_window()))
+            task.add_done_callback(_consume)
+            self._early = EarlyTranscript(audio, task)
+
+    def _transcription(self, audio: bytes) -> asyncio.Future[Transcript]:
+        """This segment's transcription: the one begun at its pause, or a new one."""
+        early, self._early = self._early, None
+        if early is not None and early.covers(audio):
+            log.debug("STT: the transcription begun at the pause is this segment's")
+            return early.task
+        return asyncio.ensure_future(self._engine.transcribe(audio, self._beam_size, self._full_window()))
+
     async def run_stt(self, audio: bytes):
         self._tracer.mark_pending(Moment.STT_START)
         text = ""
-        transcription = asyncio.ensure_future(
-            self._engine.transcribe(audio, self._beam_size, self._full_window())
-        )
+        transcription = self._transcription(audio)
         if self._turn_model is not None:
             # While Whisper works: does the speech so far sound finished? Its verdict sets how long
             # the end-of-turn strategy waits, so it goes out first.
@@ -302,3 +365,9 @@ class WhisperSTTStage(SegmentedSTTService):
             yield TranscriptionFrame(text, self._user_id, time_now_iso8601(), language=self._engine.language)
         # Sent even when nothing was heard: the end-of-turn strategy must not wait for this segment.
         yield SpeechSegmentDoneFrame(heard_words=bool(text))
+
+
+def _consume(task: asyncio.Future) -> None:
+    """An early transcription nobody awaits (the user spoke on) must not log an unread error."""
+    if not task.cancelled():
+        task.exception()

@@ -16,11 +16,29 @@ VAD_MIN_VOLUME = 0.6
 
 class CountedSileroVAD(SileroVADAnalyzer):
     """Silero, counting the CPU of each frame's model run as the VAD's: it runs on a thread pipecat
-    starts per session (and stops with it), on one ONNX Runtime thread, the calling one."""
+    starts per session (and stops with it), on one ONNX Runtime thread, the calling one.
+
+    It also keeps `quiet_s`, how long since the last frame it heard as speech, which the STT stage
+    reads to start on a pause before the VAD's stop confirms it (voice/stt.py)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._quiet_s = 0.0
+
+    @property
+    def quiet_s(self) -> float:
+        """Seconds since the last frame heard as speech (0 while speech goes on). Written by the
+        VAD's thread, read on the event loop: a float, replaced whole."""
+        return self._quiet_s
 
     def voice_confidence(self, buffer) -> float:
         with ThreadCPU(VAD):
-            return super().voice_confidence(buffer)
+            confidence = super().voice_confidence(buffer)
+        if confidence >= self.params.confidence:
+            self._quiet_s = 0.0
+        elif self.sample_rate:
+            self._quiet_s += len(buffer) / 2 / self.sample_rate  # s16le mono
+        return confidence
 
 
 def make_vad(start_secs: float, stop_secs: float) -> SileroVADAnalyzer:
