@@ -7,9 +7,12 @@ vLLM, Ollama or a hosted API, so there is one client code path and switching is 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import secrets
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,18 +156,58 @@ def _has_gpu(xllamacpp) -> bool:
         return False
 
 
+# Every session's LLM requests (answers and speculative prefills) share one HTTP client per event
+# loop. A new client builds an SSL context, ~0.1 s of CPU on the event loop, where every other
+# caller's audio waits: pipecat's OpenAI service made one per session (and never closed it), and
+# each session's first prefill another, while its user was pausing.
+_HTTP_CLIENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def shared_http_client():
+    """The running event loop's HTTP client for LLM endpoints (the OpenAI SDK's own kind: its
+    connection limits, no overall timeout; a caller that needs one passes it per request)."""
+    from openai import DefaultAsyncHttpxClient
+
+    loop = asyncio.get_running_loop()
+    client = _HTTP_CLIENTS.get(loop)
+    if client is None or client.is_closed:
+        client = _HTTP_CLIENTS[loop] = DefaultAsyncHttpxClient()
+    return client
+
+
+@functools.cache
+def llm_stage_class():
+    """pipecat's OpenAI-compatible service, on the loop's shared HTTP client (pipecat is imported
+    only when a pipeline is built)."""
+    from openai import AsyncOpenAI
+    from pipecat.services.openai.llm import OpenAILLMService
+
+    class SharedClientLLMService(OpenAILLMService):
+        def create_client(self, api_key=None, base_url=None, organization=None, project=None, **kwargs):
+            return AsyncOpenAI(
+                api_key=api_key,
+                base_url=base_url,
+                organization=organization,
+                project=project,
+                http_client=shared_http_client(),
+                default_headers=kwargs.get("default_headers"),
+            )
+
+    return SharedClientLLMService
+
+
 def make_llm_stage(endpoint: LLMEndpoint, system_prompt: str, max_tokens: int, temperature: float):
-    """The pipeline's LLM stage: pipecat's OpenAI-compatible streaming service on `endpoint`.
+    """The pipeline's LLM stage: pipecat's OpenAI-compatible streaming service on `endpoint`,
+    on the loop's shared HTTP client. Call it on the event loop.
 
     On an interruption pipecat cancels the stage's task, which closes the HTTP stream; llama.cpp
     (and vLLM, Ollama) stop generating when the client goes away.
     """
-    from pipecat.services.openai.llm import OpenAILLMService
-
-    return OpenAILLMService(
+    service = llm_stage_class()
+    return service(
         api_key=endpoint.api_key or "none",  # the SDK insists on a key; local servers ignore it
         base_url=endpoint.base_url,
-        settings=OpenAILLMService.Settings(
+        settings=service.Settings(
             model=endpoint.model,
             system_instruction=system_prompt,
             temperature=temperature,

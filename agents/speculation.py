@@ -21,9 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import httpx
-
-from agents.llm import LLMEndpoint
+from agents.llm import LLMEndpoint, shared_http_client
 from agents.rag.retrieve import Hit
 
 log = logging.getLogger(__name__)
@@ -68,7 +66,6 @@ class PromptPrefill:
     def __init__(self, endpoint: LLMEndpoint, render: RenderMessages):
         self._endpoint = endpoint
         self._render = render
-        self._client: httpx.AsyncClient | None = None
         self._closed = False
 
     async def __call__(self, messages: list[dict]) -> None:
@@ -82,16 +79,14 @@ class PromptPrefill:
             "stream": True,
         }
         headers = {"Authorization": f"Bearer {self._endpoint.api_key}"} if self._endpoint.api_key else {}
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=PREFILL_TIMEOUT_S)
         url = f"{self._endpoint.base_url}/chat/completions"
-        async with self._client.stream("POST", url, json=body, headers=headers) as response:
+        client = shared_http_client()  # the LLM stage's: no new connection, no new SSL context
+        async with client.stream(
+            "POST", url, json=body, headers=headers, timeout=PREFILL_TIMEOUT_S
+        ) as response:
             response.raise_for_status()
             async for _ in response.aiter_bytes():
                 pass
 
     async def close(self) -> None:
         self._closed = True
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()

@@ -27,6 +27,7 @@ from voice.turntaking.barge_in import BargeInStrategy, InterruptionPolicy
 from voice.turntaking.end_of_turn import SpeechSegmentDoneFrame, WholeTurnStopStrategy
 from voice.turntaking.smart_turn import TurnCompletionFrame
 from voice.turntaking.user_turns import user_turn_params
+from voice.turntaking.vad import make_vad
 from voice.watchers import SpokenTextEmitter
 
 # Every sleep and timer here runs on the event loop's virtual clock (looptime): the strategies'
@@ -383,8 +384,7 @@ async def turn_controller(session: FakeSession) -> UserTurnController:
     params = user_turn_params(
         session,
         session.flow,
-        vad_start_secs=0.1,
-        vad_stop_secs=0.2,
+        vad=make_vad(0.1, 0.2),
         turn_pause_secs=DEFAULT_PAUSE_S,
         policy=POLICY,
         confirm_secs=CONFIRM_S,

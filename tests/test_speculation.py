@@ -25,6 +25,7 @@ from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.asyncio.task_manager import TaskManager
 
 from agents.context import FACTS_HEADER, KnowledgeContextProcessor
+from agents.llm import LLMEndpoint, make_llm_stage, shared_http_client
 from agents.rag.retrieve import Hit
 from voice.turntaking.end_of_turn import SpeechSegmentDoneFrame, WholeTurnStopStrategy
 from voice.turntaking.smart_turn import TurnCompletionFrame
@@ -264,3 +265,12 @@ async def test_no_speculation_when_the_transcript_itself_ends_the_turn():
     await a_segment(strategy, complete=True, whisper_s=PAUSE_COMPLETE_S * 3, text=QUESTION)
     await strategy.cleanup()
     assert events == ["speech resumed", "turn ended"]
+
+
+async def test_every_session_s_llm_requests_share_one_http_client():
+    """A client per session built an SSL context on the event loop (~0.1 s while other callers'
+    audio waited) and was never closed; sessions now share the loop's one."""
+    endpoint = LLMEndpoint("http://127.0.0.1:9/v1", "m", "")
+    first = make_llm_stage(endpoint, "system", 64, 0.2)
+    second = make_llm_stage(endpoint, "system", 64, 0.2)
+    assert first._client._client is second._client._client is shared_http_client()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.context import SYSTEM_PROMPT
-from agents.llm import EmbeddedLLM, LLMEndpoint, prime_slots
+from agents.llm import EmbeddedLLM, LLMEndpoint, llm_stage_class, prime_slots, shared_http_client
 from agents.rag.embed import Embedder
 from agents.rag.questions import SHIPPED_CACHE, QuestionWriter
 from agents.rag.retrieve import Retriever, open_knowledge
@@ -198,4 +198,8 @@ async def load_engines(settings: Settings, paths: ModelPaths) -> Engines:
         turn = await _load(
             "end-of-turn", "Smart Turn v3", "It ships inside pipecat-ai.", SmartTurnEngine.load
         )
+    # The OpenAI SDK's import (~0.6 s) and the loop's HTTP client, now rather than in the first
+    # call, on the event loop.
+    await asyncio.to_thread(llm_stage_class)
+    shared_http_client()
     return Engines(stt=stt, tts=tts, llm=endpoint, retriever=retriever, embedded_llm=embedded, turn=turn)

@@ -64,7 +64,7 @@ class Session:
 
     async def run(self) -> None:
         """Run until the client leaves or the session is stopped."""
-        self._pipeline = build_pipeline(self)
+        self._pipeline = await build_pipeline(self)
         try:
             await self._pipeline.run(on_ready=self._ready, on_gone=self._gone)
         except Exception:

@@ -10,9 +10,10 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from voice.turntaking.barge_in import BargeInStrategy, InterruptionPolicy
 from voice.turntaking.end_of_turn import WholeTurnStopStrategy
-from voice.turntaking.vad import make_vad
 
 if TYPE_CHECKING:
+    from pipecat.audio.vad.vad_analyzer import VADAnalyzer
+
     from voice.conversation import TurnFlow
     from voice.watchers import TurnHooks
 
@@ -27,8 +28,7 @@ TURN_STOP_FALLBACK_S = 30.0
 def user_turn_params(
     hooks: TurnHooks,
     flow: TurnFlow,
-    vad_start_secs: float,
-    vad_stop_secs: float,
+    vad: VADAnalyzer,
     turn_pause_secs: float,
     policy: InterruptionPolicy,
     confirm_secs: float,
@@ -36,7 +36,7 @@ def user_turn_params(
     pause_complete_secs: float | None = None,
     pause_incomplete_secs: float | None = None,
 ) -> LLMUserAggregatorParams:
-    """A turn starts when the VAD hears speech, or, while the agent is heard, when that speech
+    """A turn starts when `vad` (voice/turntaking/vad.py: one per session) hears speech, or, while the agent is heard, when that speech
     proves to be an interruption (BargeInStrategy); it ends after `turn_pause_secs` of silence
     once every segment of it is transcribed (or the pause Smart Turn's verdict picks, when the
     pauses are given).
@@ -47,7 +47,7 @@ def user_turn_params(
     recovery is off: it silently adds messages to the LLM context.
     """
     return LLMUserAggregatorParams(
-        vad_analyzer=make_vad(vad_start_secs, vad_stop_secs),
+        vad_analyzer=vad,
         user_turn_strategies=UserTurnStrategies(
             start=[BargeInStrategy(hooks, flow, policy, confirm_secs=confirm_secs, resume_secs=resume_secs)],
             stop=[
