@@ -77,6 +77,9 @@ class PiperEngine:
         # PiperVoice.load would use every core; we bound it so TTS doesn't starve the LLM stream.
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # ONNX Runtime's pool threads spin between operators by default, burning the core the
+        # LLM (streaming the rest of the answer) or Whisper needs; they sleep instead.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = (
             ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
         )
