@@ -24,14 +24,19 @@ class CountingWhisper:
 
     def __init__(self):
         self.calls: list[int] = []
+        self.frames_unread: list[int] = []  # the VAD readings still to come at each call
+        self.vad: ScriptedVAD | None = None
 
     def transcribe(self, samples, **_options):
         self.calls.append(len(samples))
+        self.frames_unread.append(len(self.vad.readings) if self.vad else 0)
         return [SimpleNamespace(text="What time do you open?")], None
 
 
 class ScriptedVAD:
     """The silence so far, one reading per audio frame while the user speaks."""
+
+    stop_secs = 0.2
 
     def __init__(self, readings: list[float]):
         self.readings = list(readings)
@@ -44,13 +49,14 @@ class ScriptedVAD:
 async def segment(quiet_readings: list[float], busy: bool = False) -> tuple[CountingWhisper, list]:
     """One speech segment, its audio frames read against `quiet_readings`, then the VAD's stop."""
     model = CountingWhisper()
+    model.vad = ScriptedVAD(quiet_readings)
     engine = WhisperEngine(model, "fake", "cpu", "int8", beam_size=1, language="en")
     if busy:
         engine._in_flight = 1  # another session's segment is queued
     stage = WhisperSTTStage(
         engine,
         SimpleNamespace(mark_pending=lambda _moment: None),
-        pause=ScriptedVAD(quiet_readings),
+        pause=model.vad,
         early_quiet_s=EARLY_QUIET_S,
     )
     frames = [VADUserStartedSpeakingFrame()]
@@ -65,16 +71,18 @@ async def test_whisper_starts_at_the_pause_and_its_transcript_is_the_segment_s()
     model, words = await segment([0, 0, 0, 0.04, 0.08, 0.12, 0.16])
     assert words == ["What time do you open?"]
     assert len(model.calls) == 1, "the segment was not transcribed a second time at the VAD's stop"
-    assert model.calls[0] < 7 * 320, "Whisper began before the last frames of the pause came in"
+    assert model.frames_unread[0] > 0, "Whisper began before the last frames of the pause came in"
+    trailing = int(0.5 * 16000)  # pipecat's trailing silence, which the segment would have had
+    assert model.calls[0] >= 6 * 320 + trailing, "Whisper heard the speech with the silence still to come"
 
 
 async def test_speech_after_the_early_start_is_transcribed_again_whole():
     model, words = await segment([0, 0.12, 0, 0, 0.04, 0.08])
     assert words == ["What time do you open?"]
     assert len(model.calls) == 2
-    assert model.calls[1] > model.calls[0], "the second transcription has the words spoken after"
+    assert model.frames_unread == [4, 0], "the second transcription came at the VAD's stop, after the words"
 
 
 async def test_no_early_start_while_another_segment_waits_for_whisper():
     model, words = await segment([0, 0, 0.12, 0.16], busy=True)
-    assert len(model.calls) == 1 and model.calls[0] >= 4 * 320, "one transcription, at the VAD's stop"
+    assert model.frames_unread == [0], "one transcription, at the VAD's stop"

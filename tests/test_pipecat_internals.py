@@ -13,6 +13,7 @@ import pytest
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
 
+from voice.stt import PIPECAT_SEGMENTED_STT_INTERNALS, WhisperSTTStage
 from voice.turntaking.end_of_turn import PIPECAT_STOP_STRATEGY_INTERNALS, WholeTurnStopStrategy
 from voice.turntaking.smart_turn import PIPECAT_PREDICT
 
@@ -40,3 +41,16 @@ def test_every_internal_the_turn_strategy_touches_is_on_the_list():
 
 def test_smart_turns_bare_model_call_is_still_in_pipecat():
     assert callable(getattr(LocalSmartTurnAnalyzerV3, PIPECAT_PREDICT, None))
+
+
+@pytest.mark.parametrize("name,kind", sorted(PIPECAT_SEGMENTED_STT_INTERNALS.items(), key=str))
+def test_the_segmented_stt_internals_parley_uses_are_still_in_pipecat(name, kind):
+    from types import SimpleNamespace
+
+    stage = WhisperSTTStage(SimpleNamespace(name="fake", language="en"), SimpleNamespace())
+    assert hasattr(stage, name), f"pipecat's SegmentedSTTService no longer has {name}"
+    member = getattr(stage, name)
+    if kind == "method":
+        assert callable(member), f"{name} is no longer a method"
+    else:
+        assert isinstance(member, kind), f"{name} is no longer a {kind.__name__}"

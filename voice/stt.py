@@ -248,19 +248,33 @@ class PauseListener(Protocol):
     @property
     def quiet_s(self) -> float: ...
 
+    @property
+    def stop_secs(self) -> float:
+        """The silence after which the VAD says the user stopped."""
+        ...
+
 
 @dataclass
 class EarlyTranscript:
     """A transcription started at a pause, before the VAD's stop: the segment's, if the segment
     turns out to be this audio plus silence."""
 
-    audio: bytes
+    audio: bytes  # the speech so far, as buffered (Whisper hears it with silence after)
     task: asyncio.Future[Transcript]
 
     def covers(self, segment: bytes) -> bool:
         # The segment pipecat hands over is the same buffer, grown only by the quiet frames up to
         # the VAD's stop and its trailing silence (speech resuming drops the early one).
         return segment.startswith(self.audio)
+
+
+# What WhisperSTTStage reads of pipecat's SegmentedSTTService beyond its public API, to start a
+# transcription at a pause (tests/test_pipecat_internals.py checks them on each pin).
+PIPECAT_SEGMENTED_STT_INTERNALS = {
+    "_audio_buffer": bytearray,  # the segment's audio so far
+    "_user_speaking": bool,
+    "_trailing_silence": "method",  # the silence pipecat appends to each segment
+}
 
 
 class WhisperSTTStage(SegmentedSTTService):
@@ -329,7 +343,15 @@ class WhisperSTTStage(SegmentedSTTService):
         if self._early is None and not self._engine.busy:
             # Only on an idle engine: speculative work never queues ahead of a caller's segment.
             audio = bytes(self._audio_buffer)
-            task = asyncio.ensure_future(self._engine.transcribe(audio, self._beam_size, self._full_window()))
+            # Whisper hears it as it would hear the segment: with the silence still to come before
+            # the VAD's stop, and the trailing silence pipecat adds. Its short window follows the
+            # audio's length, and a different length can change the words ("Is there anywhere"
+            # came out "Disney ran everywhere" with 0.5 s less silence).
+            still_quiet = max(0.0, self._pause.stop_secs - quiet)
+            tail = bytes(int(still_quiet * self.sample_rate) * 2) + self._trailing_silence()
+            task = asyncio.ensure_future(
+                self._engine.transcribe(audio + tail, self._beam_size, self._full_window())
+            )
             task.add_done_callback(_consume)
             self._early = EarlyTranscript(audio, task)
 

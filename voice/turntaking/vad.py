@@ -31,6 +31,10 @@ class CountedSileroVAD(SileroVADAnalyzer):
         VAD's thread, read on the event loop: a float, replaced whole."""
         return self._quiet_s
 
+    @property
+    def stop_secs(self) -> float:
+        return self.params.stop_secs
+
     def voice_confidence(self, buffer) -> float:
         with ThreadCPU(VAD):
             confidence = super().voice_confidence(buffer)
