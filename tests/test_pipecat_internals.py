@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from types import SimpleNamespace
 
 import pytest
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
@@ -45,8 +46,6 @@ def test_smart_turns_bare_model_call_is_still_in_pipecat():
 
 @pytest.mark.parametrize("name,kind", sorted(PIPECAT_SEGMENTED_STT_INTERNALS.items(), key=str))
 def test_the_segmented_stt_internals_parley_uses_are_still_in_pipecat(name, kind):
-    from types import SimpleNamespace
-
     stage = WhisperSTTStage(SimpleNamespace(name="fake", language="en"), SimpleNamespace())
     assert hasattr(stage, name), f"pipecat's SegmentedSTTService no longer has {name}"
     member = getattr(stage, name)
