@@ -4,6 +4,7 @@ CPU time. The counts are CPU time, not wall time: a loaded machine makes them no
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 BURN_S = 0.3  # CPU seconds of work: well above the kernel's 10 ms tick
+THREAD_EXIT_TIMEOUT_S = 5.0  # an exited thread leaves /proc within milliseconds, even under load
 
 
 def burn(seconds: float = BURN_S) -> None:
@@ -30,10 +32,15 @@ def burn(seconds: float = BURN_S) -> None:
 
 
 def started_thread_burns() -> None:
-    """Start a thread (as a native library starts its pool) and let it do the work."""
+    """Start a thread (as a native library starts its pool) and let it do the work, until the
+    kernel has let it go: `join` returns when its Python work is done, and on a busy machine the
+    thread can still be listed (with its time) a moment after."""
     worker = threading.Thread(target=burn)
     worker.start()
     worker.join()
+    deadline = time.monotonic() + THREAD_EXIT_TIMEOUT_S
+    while str(worker.native_id) in os.listdir("/proc/self/task") and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 async def test_work_on_a_stages_threads_counts_as_that_stage():

@@ -340,8 +340,11 @@ class WhisperSTTStage(SegmentedSTTService):
             if self._early is not None and quiet == 0:
                 self._early = None  # the user spoke on: not this segment's words after all
             return
-        if self._early is None and not self._engine.busy:
+        if self._early is None and not self._engine.busy and not self._full_window():
             # Only on an idle engine: speculative work never queues ahead of a caller's segment.
+            # Not for Whisper's whole window (telephone audio, a sound over the agent's voice): a
+            # run thrown away there ("uh … huh" has a gap) holds the engine ~1 s, and the verdict
+            # on a backchannel waited behind it while the agent stayed paused.
             audio = bytes(self._audio_buffer)
             # Whisper hears it as it would hear the segment: with the silence still to come before
             # the VAD's stop, and the trailing silence pipecat adds. Its short window follows the
